@@ -1,0 +1,260 @@
+"""Weights in and out: Hugging Face safetensors directories and GGUF files.
+
+The mapping between our parameter tree and Hugging Face tensor names lives here, in
+one table (``_hf_to_ours`` / ``_ours_to_hf``), so loading and saving cannot drift.
+Only safetensors and GGUF are read: never pickle, never ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxunlearn.models.llama import Llama, LlamaConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, partial, of another shape, or of an unsupported kind."""
+
+
+def _layer_rules(config: LlamaConfig) -> list[tuple[str, tuple, Callable, Callable]]:
+    """(hf suffix, our sub-path, hf->ours, ours->hf) for one decoder layer."""
+    N, K, H, D = (config.num_heads, config.num_kv_heads, config.resolved_head_dim,
+                  config.hidden_size)
+    rules = [
+        ("self_attn.q_proj.weight", ("attn", "q"), lambda w: w.T.reshape(D, N, H),
+         lambda p: p.reshape(D, N * H).T),
+        ("self_attn.k_proj.weight", ("attn", "k"), lambda w: w.T.reshape(D, K, H),
+         lambda p: p.reshape(D, K * H).T),
+        ("self_attn.v_proj.weight", ("attn", "v"), lambda w: w.T.reshape(D, K, H),
+         lambda p: p.reshape(D, K * H).T),
+        ("self_attn.o_proj.weight", ("attn", "o"), lambda w: w.T.reshape(N, H, D),
+         lambda p: p.reshape(N * H, D).T),
+        ("mlp.gate_proj.weight", ("mlp", "gate"), lambda w: w.T, lambda p: p.T),
+        ("mlp.up_proj.weight", ("mlp", "up"), lambda w: w.T, lambda p: p.T),
+        ("mlp.down_proj.weight", ("mlp", "down"), lambda w: w.T, lambda p: p.T),
+        ("input_layernorm.weight", ("input_norm", "scale"), lambda w: w, lambda p: p),
+        ("post_attention_layernorm.weight", ("post_attn_norm", "scale"), lambda w: w, lambda p: p),
+    ]
+    if config.attention_bias:
+        rules += [
+            ("self_attn.q_proj.bias", ("attn", "q_bias"), lambda w: w.reshape(N, H),
+             lambda p: p.reshape(N * H)),
+            ("self_attn.k_proj.bias", ("attn", "k_bias"), lambda w: w.reshape(K, H),
+             lambda p: p.reshape(K * H)),
+            ("self_attn.v_proj.bias", ("attn", "v_bias"), lambda w: w.reshape(K, H),
+             lambda p: p.reshape(K * H)),
+        ]
+    return rules
+
+
+def _name_table(config: LlamaConfig) -> list[tuple[str, tuple, Callable, Callable]]:
+    """Every HF tensor name with our parameter path and the two conversions."""
+    ident = lambda a: a  # noqa: E731
+    table = [("model.embed_tokens.weight", ("embed",), ident, ident),
+             ("model.norm.weight", ("final_norm", "scale"), ident, ident)]
+    if not config.tie_word_embeddings:
+        table.append(("lm_head.weight", ("lm_head",), lambda w: w.T, lambda p: p.T))
+    for i in range(config.num_layers):
+        for suffix, sub, to_ours, to_hf in _layer_rules(config):
+            table.append((f"model.layers.{i}.{suffix}", ("layers", i) + sub, to_ours, to_hf))
+    return table
+
+
+def _set_path(tree: dict, path: tuple, value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _get_path(tree: Mapping, path: tuple):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def model_from_hf_tensors(config: LlamaConfig, get_tensor: Callable[[str], Any],
+                          names: set[str], *, source: str,
+                          shardings: Any = None) -> Llama:
+    """Builds a ``Llama`` from HF-named tensors without random initialisation.
+
+    Args:
+      get_tensor: returns the HF tensor (array-like, HF layout) for a name.
+      names: the tensor names available (checked up front against the config).
+      source: file or directory named in error messages.
+      shardings: optional pytree of ``NamedSharding`` matching ``nnx.state(model)``;
+        each tensor is placed straight onto its devices.
+    """
+    table = _name_table(config)
+    expected = {t[0] for t in table}
+    missing = sorted(expected - names)
+    if missing:
+        raise CheckpointError(f"{source}: checkpoint lacks {len(missing)} tensor(s) the config "
+                              f"needs, first {missing[0]!r}")
+    abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    pure: dict = {}
+    shapes = nnx.to_pure_dict(state)
+    flat_shardings = nnx.to_pure_dict(shardings) if shardings is not None else None
+    for hf_name, path, to_ours, _ in table:
+        value = np.asarray(to_ours(np.asarray(get_tensor(hf_name))))
+        want = _get_path(shapes, path)
+        if tuple(value.shape) != tuple(want.shape):
+            raise CheckpointError(f"{source}: tensor {hf_name!r} has shape {tuple(value.shape)}, "
+                                  f"the config needs {tuple(want.shape)}")
+        arr = jnp.asarray(value, dtype=config.weight_dtype)
+        if flat_shardings is not None:
+            arr = jax.device_put(arr, _get_path(flat_shardings, path))
+        _set_path(pure, path, arr)
+    nnx.replace_by_pure_dict(state, pure)
+    return nnx.merge(graphdef, state)
+
+
+def hf_tensors_from_model(model: Llama) -> dict[str, np.ndarray]:
+    """HF-named numpy tensors (HF layout) of a model."""
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    out = {}
+    for hf_name, path, _, to_hf in _name_table(model.config):
+        out[hf_name] = np.ascontiguousarray(to_hf(np.asarray(jax.device_get(_get_path(pure, path)))))
+    return out
+
+
+def _read_safetensors_dir(path: Path) -> tuple[Callable[[str], Any], set[str], list]:
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        files = sorted(set(weight_map.values()))
+    else:
+        files = sorted(p.name for p in path.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{path}: no *.safetensors files (only safetensors and GGUF are "
+                                  "loaded; pickled .bin checkpoints are refused)")
+        weight_map = None
+    handles = {}
+    for name in files:
+        f = path / name
+        if not f.exists():
+            raise CheckpointError(f"{f}: shard listed in the index is missing")
+        try:
+            handles[name] = safe_open(str(f), framework="flax")
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
+    if weight_map is None:
+        weight_map = {k: name for name, h in handles.items() for k in h.keys()}
+    return (lambda k: handles[weight_map[k]].get_tensor(k)), set(weight_map), list(handles.values())
+
+
+def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
+                    param_dtype: str | None = None, shardings: Any = None
+                    ) -> tuple[Llama, LlamaConfig]:
+    """Loads ``(model, config)`` from an HF directory (config.json + safetensors) or a ``.gguf``.
+
+    ``dtype``/``param_dtype`` override the compute and storage dtypes.
+    """
+    path = Path(path)
+    overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v}
+    if not path.exists():
+        raise CheckpointError(f"{path}: model path does not exist")
+    if path.suffix == ".gguf":
+        from jaxunlearn.models import gguf
+
+        ckpt = gguf.read_gguf(path)
+        config = LlamaConfig.from_hf(ckpt.config, **overrides)
+        tensors = dict(ckpt.tensors)
+        if config.tie_word_embeddings:
+            tensors.pop("lm_head.weight", None)
+        model = model_from_hf_tensors(config, tensors.__getitem__, set(tensors),
+                                      source=str(path), shardings=shardings)
+        return model, config
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{path}: no config.json (expected a Hugging Face model directory "
+                              "or a .gguf file)")
+    try:
+        hf = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file}: malformed JSON ({e})") from None
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads"):
+        if key not in hf:
+            raise CheckpointError(f"{cfg_file}: missing field {key!r}")
+    config = LlamaConfig.from_hf(hf, **overrides)
+    get, names, _ = _read_safetensors_dir(path)
+    model = model_from_hf_tensors(config, get, names, source=str(path), shardings=shardings)
+    return model, config
+
+
+def _atomic_dir(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def _commit_dir(tmp: Path, final: Path) -> None:
+    """Renames ``tmp`` over ``final``: a reader sees the old or the new directory, never half."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, final)
+
+
+def save_pretrained(model: Llama, config: LlamaConfig, path: str | os.PathLike, *,
+                    tokenizer=None) -> Path:
+    """Writes an HF directory (config.json + model.safetensors) that
+    ``transformers.AutoModelForCausalLM.from_pretrained`` loads as the same model.
+
+    Written to a temporary directory and renamed, so a killed save leaves no partial
+    checkpoint. Refuses non-finite weights.
+    """
+    from safetensors.numpy import save_file
+
+    final = Path(path)
+    tensors = hf_tensors_from_model(model)
+    for name, t in tensors.items():
+        if not np.all(np.isfinite(t.astype(np.float32))):
+            raise CheckpointError(f"{final}: refusing to save non-finite weights ({name})")
+    tmp = _atomic_dir(final)
+    try:
+        hf = config.to_hf()
+        if config.param_dtype == "bfloat16":
+            # safetensors.numpy knows ml_dtypes' bfloat16 as BF16.
+            tensors = {k: v.astype(jnp.bfloat16) for k, v in tensors.items()}
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        _commit_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """``transformers.PreTrainedTokenizerFast`` from an HF directory or a ``.gguf`` file."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        from jaxunlearn.models import gguf
+
+        return gguf.tokenizer_from_gguf(path)
+    from transformers import AutoTokenizer
+
+    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
+        raise CheckpointError(f"{path}: no tokenizer.json / tokenizer_config.json")
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)

@@ -1,0 +1,406 @@
+"""Llama-family decoder in Flax NNX: Llama 2/3, SmolLM2, Qwen2 (qkv bias), Mistral.
+
+Axis legend used in einsums and docstrings:
+  B batch, T query positions, S key positions, D model width, N query heads,
+  K kv heads, G query heads per kv head (N = K * G), H head dim, F ffn width, V vocab.
+
+The math follows Hugging Face ``transformers``' ``LlamaForCausalLM`` exactly (RoPE in
+the "rotate half" layout, RMSNorm computed in float32, SwiGLU MLP), so logits agree
+with the PyTorch model to float32 precision; ``tests/test_llama.py`` proves it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RopeScaling:
+    """Llama-3 style frequency-dependent RoPE scaling (``rope_type: llama3``)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LlamaConfig:
+    """Architecture of a Llama-family decoder.
+
+    ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype of the weights.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    model_type: str = "llama"
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                     "num_heads", "num_kv_heads", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"LlamaConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"LlamaConfig.num_heads ({self.num_heads}) must be a multiple of "
+                f"num_kv_heads ({self.num_kv_heads})")
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"LlamaConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_heads ({self.num_heads}) unless head_dim is given")
+        if self.resolved_head_dim % 2:
+            raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.resolved_head_dim}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ValueError(f"LlamaConfig.{name} must be one of {sorted(_DTYPES)}, "
+                                 f"got {getattr(self, name)!r}")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return _DTYPES[self.dtype]
+
+    @property
+    def weight_dtype(self):
+        return _DTYPES[self.param_dtype]
+
+    def replace(self, **changes) -> "LlamaConfig":
+        return dataclasses.replace(self, **changes)
+
+    def num_params(self) -> int:
+        """Number of parameters, counted from the shapes (embeddings included)."""
+        D, F, H = self.hidden_size, self.intermediate_size, self.resolved_head_dim
+        N, K, V = self.num_heads, self.num_kv_heads, self.vocab_size
+        attn = D * N * H * 2 + D * K * H * 2 + (N * H + 2 * K * H if self.attention_bias else 0)
+        per_layer = attn + 3 * D * F + 2 * D
+        return V * D * (1 if self.tie_word_embeddings else 2) + self.num_layers * per_layer + D
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], **overrides) -> "LlamaConfig":
+        """Reads a Hugging Face ``config.json`` dict (llama, mistral, qwen2, smollm2)."""
+        model_type = hf.get("model_type", "llama")
+        if model_type not in ("llama", "mistral", "qwen2"):
+            raise ValueError(f"config.json: model_type {model_type!r} is not supported "
+                             "(llama, mistral, qwen2)")
+        scaling = hf.get("rope_scaling") or (hf.get("rope_parameters") or {})
+        rope_type = scaling.get("rope_type", scaling.get("type")) if scaling else None
+        rope_scaling = None
+        if rope_type == "llama3":
+            rope_scaling = RopeScaling(
+                factor=float(scaling["factor"]),
+                low_freq_factor=float(scaling["low_freq_factor"]),
+                high_freq_factor=float(scaling["high_freq_factor"]),
+                original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
+        elif rope_type not in (None, "default"):
+            raise ValueError(f"config.json: rope_scaling type {rope_type!r} is not supported "
+                             "(default, llama3)")
+        rope_theta = hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+        eos = hf.get("eos_token_id")
+        if isinstance(eos, list):
+            eos = eos[0]
+        kwargs = dict(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"],
+            num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            head_dim=hf.get("head_dim"),
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope_theta),
+            rope_scaling=rope_scaling,
+            max_position_embeddings=hf.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", model_type != "llama")),
+            attention_bias=bool(hf.get("attention_bias", model_type == "qwen2")),
+            model_type=model_type,
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=eos,
+            pad_token_id=hf.get("pad_token_id"),
+        )
+        if hf.get("mlp_bias"):
+            raise ValueError("config.json: mlp_bias=true is not supported")
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf(self) -> dict[str, Any]:
+        """The ``config.json`` dict that ``transformers`` loads as the same model."""
+        arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                "qwen2": "Qwen2ForCausalLM"}[self.model_type]
+        hf: dict[str, Any] = {
+            "architectures": [arch],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.resolved_head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "torch_dtype": self.param_dtype,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+        }
+        if self.model_type == "llama":
+            hf["attention_bias"] = self.attention_bias
+            hf["mlp_bias"] = False
+        if self.model_type == "mistral":
+            hf["sliding_window"] = None
+        if self.rope_scaling is not None:
+            hf["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
+        return hf
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer for incremental decoding.
+
+    keys/values: one ``[B, S, K, H]`` array per layer; ``index``: int32 scalar, the
+    slot where the next token is written (shared by the batch: prompts are left padded).
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    index: jax.Array
+
+    @classmethod
+    def init(cls, config: LlamaConfig, batch: int, length: int) -> "KVCache":
+        shape = (batch, length, config.num_kv_heads, config.resolved_head_dim)
+        zeros = tuple(jnp.zeros(shape, config.compute_dtype) for _ in range(config.num_layers))
+        return cls(keys=zeros, values=zeros, index=jnp.zeros((), jnp.int32))
+
+
+class LlamaOutput(NamedTuple):
+    """``logits [B, T, V]``; ``cache`` when decoding; ``hidden [B, T, D]`` when asked."""
+
+    logits: jax.Array
+    cache: KVCache | None = None
+    hidden: jax.Array | None = None
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, std: float | None = None, zeros=False, ones=False):
+    """A parameter with logical sharding names (mapped to mesh axes in ``train/mesh.py``)."""
+    if ones:
+        value = jnp.ones(shape, dtype)
+    elif zeros:
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def rope_frequencies(config: LlamaConfig) -> jax.Array:
+    """Inverse RoPE frequencies ``[H/2]``, with Llama-3 scaling when configured."""
+    H = config.resolved_head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))
+    s = config.rope_scaling
+    if s is None:
+        return inv_freq
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor)
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(is_medium, smoothed, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotates ``x [B, T, N, H]`` by ``positions [B, T]`` ("rotate half" layout, as HF)."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, H/2]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs):
+        self.scale = _param(rngs, (dim,), ("embed",), dtype, ones=True)
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # Variance in float32 even for bf16 activations (as HF), then back to x's dtype.
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        D, N, K, H = (config.hidden_size, config.num_heads, config.num_kv_heads,
+                      config.resolved_head_dim)
+        dt, std = config.weight_dtype, 0.02
+        self.config = config
+        self.q = _param(rngs, (D, N, H), ("embed", "heads", "head_dim"), dt, std)
+        self.k = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), dt, std)
+        self.v = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), dt, std)
+        self.o = _param(rngs, (N, H, D), ("heads", "head_dim", "embed"), dt, std)
+        if config.attention_bias:
+            self.q_bias = _param(rngs, (N, H), ("heads", "head_dim"), dt, zeros=True)
+            self.k_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), dt, zeros=True)
+            self.v_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), dt, zeros=True)
+
+    def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None):
+        """x ``[B, T, D]``; key_mask ``[B, T, S]`` bool; returns ``([B, T, D], (k, v))``."""
+        c = self.config
+        dt = c.compute_dtype
+        q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))
+        k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dt))
+        v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dt))
+        if c.attention_bias:
+            q = q + self.q_bias[...].astype(dt)
+            k = k + self.k_bias[...].astype(dt)
+            v = v + self.v_bias[...].astype(dt)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        if cache_kv is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype),
+                                                    cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v.astype(cache_kv[1].dtype),
+                                                    cache_index, axis=1)
+        B, T, N, H = q.shape
+        K = c.num_kv_heads
+        q = q.reshape(B, T, K, N // K, H)
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32) / math.sqrt(H)
+        # A large finite negative (not -inf) keeps fully padded query rows finite.
+        scores = jnp.where(key_mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+        return jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt)), (k, v)
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        D, F, dt = config.hidden_size, config.intermediate_size, config.weight_dtype
+        self.dtype = config.compute_dtype
+        self.gate = _param(rngs, (D, F), ("embed", "mlp"), dt, 0.02)
+        self.up = _param(rngs, (D, F), ("embed", "mlp"), dt, 0.02)
+        self.down = _param(rngs, (F, D), ("mlp", "embed"), dt, 0.02)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = self.dtype
+        gate = jnp.einsum("BTD,DF->BTF", x, self.gate[...].astype(dt))
+        up = jnp.einsum("BTD,DF->BTF", x, self.up[...].astype(dt))
+        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down[...].astype(dt))
+
+
+class Block(nnx.Module):
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        dt = config.weight_dtype
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dt, rngs=rngs)
+        self.attn = Attention(config, rngs=rngs)
+        self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dt, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None):
+        h, kv = self.attn(self.input_norm(x), positions, key_mask, inv_freq, cache_kv, cache_index)
+        x = x + h
+        return x + self.mlp(self.post_attn_norm(x)), kv
+
+
+class Llama(nnx.Module):
+    """Decoder-only Llama-family language model."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        D, V, dt = config.hidden_size, config.vocab_size, config.weight_dtype
+        self.embed = _param(rngs, (V, D), ("vocab", "embed"), dt, 0.02)
+        self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.final_norm = RMSNorm(D, config.rms_norm_eps, dtype=dt, rngs=rngs)
+        if not config.tie_word_embeddings:
+            self.lm_head = _param(rngs, (D, V), ("embed", "vocab"), dt, 0.02)
+
+    def __call__(self, input_ids, attention_mask=None, positions=None) -> jax.Array:
+        """Logits ``[B, T, V]`` for ``input_ids [B, T]``.
+
+        Args:
+          input_ids: int ``[B, T]``.
+          attention_mask: ``[B, T]``, 1 = token, 0 = padding (left or right); None = all 1.
+          positions: int ``[B, T]``; None counts real tokens (so left padding works).
+        """
+        return self.forward(input_ids, attention_mask, positions).logits
+
+    def forward(self, input_ids, attention_mask=None, positions=None, *,
+                cache: KVCache | None = None, hidden_layer: int | None = None) -> LlamaOutput:
+        """Full forward pass; see ``__call__``.
+
+        With ``cache`` the ``T`` new tokens are written at ``cache.index`` and
+        ``attention_mask`` covers all ``S`` cache slots ``[B, S]`` (1 = a real token
+        written now or earlier). ``hidden_layer=i`` also returns the residual stream
+        after block ``i`` (``[B, T, D]``, used by RMU).
+        """
+        c = self.config
+        B, T = input_ids.shape
+        dt = c.compute_dtype
+        if cache is None:
+            mask = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask
+            if positions is None:
+                positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+            causal = jnp.tril(jnp.ones((T, T), bool))
+            key_mask = causal[None] & (mask[:, None, :] > 0)
+        else:
+            if attention_mask is None:
+                raise ValueError("forward: attention_mask [B, S] is required with a cache")
+            S = attention_mask.shape[1]
+            slot = cache.index + jnp.arange(T)
+            if positions is None:
+                counts = jnp.cumsum(attention_mask, axis=-1) - 1
+                positions = jnp.maximum(jnp.take(counts, slot, axis=1), 0)
+            key_mask = (jnp.arange(S)[None, :] <= slot[:, None])[None] & (attention_mask[:, None, :] > 0)
+        inv_freq = rope_frequencies(c)
+        x = jnp.take(self.embed[...], input_ids, axis=0).astype(dt)
+        new_keys, new_values, hidden = [], [], None
+        for i, block in enumerate(self.layers):
+            kv = None if cache is None else (cache.keys[i], cache.values[i])
+            idx = None if cache is None else cache.index
+            if c.remat and cache is None:
+                x, kv = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions, key_mask, inv_freq)
+            else:
+                x, kv = block(x, positions, key_mask, inv_freq, kv, idx)
+            new_keys.append(kv[0])
+            new_values.append(kv[1])
+            if hidden_layer is not None and i == hidden_layer:
+                hidden = x
+        x = self.final_norm(x)
+        head = self.embed[...].T if c.tie_word_embeddings else self.lm_head[...]
+        logits = jnp.einsum("BTD,DV->BTV", x, head.astype(dt))
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(tuple(new_keys), tuple(new_values), cache.index + T)
+        return LlamaOutput(logits=logits, cache=new_cache, hidden=hidden)
