@@ -1,0 +1,53 @@
+"""Greedy KV-cache decoding equals step-by-step full recomputation."""
+
+import numpy as np
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxunlearn.eval.generate import generate, left_pad
+from jaxunlearn.models import Llama, LlamaConfig
+
+
+def _model():
+    config = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_layers=2,
+                         num_heads=4, num_kv_heads=2)
+    return Llama(config, rngs=nnx.Rngs(3))
+
+
+def _greedy_by_recomputation(model, prompt, n, eos):
+    seq = list(prompt)
+    out = []
+    for _ in range(n):
+        logits = model(jnp.asarray([seq]))
+        nxt = int(jnp.argmax(logits[0, -1]))
+        out.append(nxt)
+        if nxt == eos:
+            break
+        seq.append(nxt)
+    return out
+
+
+def test_greedy_with_cache_equals_recomputation_left_padded():
+    model = _model()
+    prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [11]]
+    ids, mask = left_pad(prompts, pad_id=0, multiple=4)
+    assert ids.shape == (3, 12) and mask.sum() == 13
+    eos = 39
+    gen = generate(model, ids, mask, max_new_tokens=12, eos_id=eos, pad_id=0)
+    for row, prompt in enumerate(prompts):
+        ref = _greedy_by_recomputation(model, prompt, 12, eos)
+        got = gen.tokens[row, : len(ref)].tolist()
+        assert got == ref
+        expected_len = ref.index(eos) if eos in ref else 12
+        assert gen.lengths[row] == expected_len
+
+
+def test_stops_at_eos_and_pads_after():
+    model = _model()
+    ids, mask = left_pad([[1, 2, 3]], pad_id=0)
+    first = generate(model, ids, mask, max_new_tokens=3, eos_id=-1, pad_id=0).tokens[0]
+    eos = int(first[1])  # make the 2nd greedy token the EOS
+    gen = generate(model, ids, mask, max_new_tokens=6, eos_id=eos, pad_id=0)
+    assert gen.tokens[0, 1] == eos
+    assert gen.lengths[0] == 1 if int(first[0]) != eos else gen.lengths[0] == 0
+    assert np.all(gen.tokens[0, 2:] == 0)
