@@ -1,0 +1,440 @@
+"""TOFU / MUSE-format data: read, validate and split-check before any work starts.
+
+A benchmark directory holds one JSON-lines file per split (``forget10.json``,
+``retain90.json``, ``holdout.json``, ``world_facts.json``, ``biographies.json``,
+``canaries.json``) plus ``manifest.json``; see DESIGN.md and the shared schema.
+Real TOFU files (Maini et al. 2024, "TOFU: A Task of Fictitious Unlearning for
+LLMs", hub id ``locuslab/TOFU``) use the same ``question`` / ``answer`` /
+``paraphrased_answer`` / ``perturbed_answer`` keys, may lack the synthetic
+benchmark's ``person_id`` / ``topic`` / ``idk_answer`` / ``facts``, and keep the
+evaluation answers in a separate ``<split>_perturbed`` file; both are accepted.
+
+Every problem raises :class:`DataError` with one line naming the file, the record
+(``line N`` for JSON lines, ``record N`` for arrays and parquet, both 1-based) and
+the field, so the CLI can print it and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DataError",
+    "QA_FIELDS",
+    "read_records",
+    "validate_records",
+    "load_split",
+    "load_benchmark",
+    "load_muse_corpus",
+    "check_disjoint",
+]
+
+
+class DataError(ValueError):
+    """User data that cannot be used: malformed, mistyped, missing or overlapping."""
+
+
+# --- field checks: each returns None when the value is fine, else what is wrong.
+def _str(v: Any) -> str | None:
+    return None if isinstance(v, str) else f"expected a string, got {type(v).__name__}"
+
+
+def _int(v: Any) -> str | None:
+    # bool is an int subclass in Python; a JSON true is not a person id.
+    ok = isinstance(v, int) and not isinstance(v, bool)
+    return None if ok else f"expected an integer, got {type(v).__name__}"
+
+
+def _str_list(*, nonempty: bool) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list):
+            return f"expected a list of strings, got {type(v).__name__}"
+        if nonempty and not v:
+            return "expected a non-empty list of strings, got []"
+        for i, item in enumerate(v):
+            if not isinstance(item, str) or not item.strip():
+                return f"item {i} must be a non-empty string, got {item!r:.40}"
+        return None
+
+    return check
+
+
+# Shared QA schema. Fields absent from real TOFU files are optional; present ones are typed.
+QA_FIELDS: dict[str, Callable[[Any], str | None]] = {
+    "person_id": _int,
+    "name": _str,  # "" for world facts
+    "topic": _str,
+    "question": _str,
+    "answer": _str,
+    "paraphrased_question": _str,
+    "paraphrased_answer": _str,
+    "perturbed_answer": _str_list(nonempty=True),
+    "idk_answer": _str,
+    "facts": _str_list(nonempty=False),
+}
+# Present string fields that must not be blank even when not required.
+_NONBLANK = {"question", "answer", "paraphrased_question", "paraphrased_answer", "idk_answer"}
+
+_CANARY_FIELDS = {"canary_id": _int, "format": _str, "prefix": _str, "secret": _str,
+                  "text": _str, "repetitions": _int, "split": _str}
+_BIO_FIELDS = {"person_id": _int, "name": _str, "text": _str}
+_CANARY_SPLITS = ("forget", "retain", "heldout")
+
+
+
+def _check_canary(c: dict) -> tuple[str, str] | None:
+    """Cross-field rules of a canary record (fields already typed)."""
+    if c["split"] not in _CANARY_SPLITS:
+        return "split", f"must be one of {_CANARY_SPLITS}, got {c['split']!r}"
+    if c["text"] != c["prefix"] + c["secret"]:
+        return "text", "must equal prefix + secret"
+    if c["repetitions"] < 0 or (c["split"] == "heldout") != (c["repetitions"] == 0):
+        return "repetitions", (f"{c['repetitions']} is invalid for a {c['split']!r} canary "
+                               "(heldout canaries have 0, others >= 1)")
+    return None
+
+
+_Check = Callable[[dict], tuple[str, str] | None] | None
+# split name -> (field checks, fields required by default, cross-field check)
+_KINDS: dict[str, tuple[dict[str, Callable[[Any], str | None]], tuple[str, ...], _Check]] = {
+    "canaries": (_CANARY_FIELDS, tuple(_CANARY_FIELDS), _check_canary),
+    "biographies": (_BIO_FIELDS, tuple(_BIO_FIELDS), None),
+}
+_QA_REQUIRED = ("question", "answer")
+_SUFFIXES = (".json", ".jsonl", ".parquet")
+# forget split -> its retain complement; holdout people must be in neither.
+_COMPLEMENTS = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+def _kind(split: str) -> tuple[dict[str, Callable[[Any], str | None]], tuple[str, ...], _Check]:
+    return _KINDS.get(split, (QA_FIELDS, _QA_REQUIRED, None))
+
+
+def _parse_json(path: Path) -> list[tuple[str, Any]]:
+    """Parse a JSON-lines or JSON-array file into ``(location, value)`` pairs."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # tolerate a byte-order mark
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
+    stripped = text.lstrip(" \t\r\n")
+    if stripped.startswith("["):
+        try:
+            whole = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            first = stripped.splitlines()[0]
+            try:  # a JSON-lines file whose first line happens to be an array
+                json.loads(first)
+            except json.JSONDecodeError:
+                raise DataError(f"{path}: line {e.lineno}: malformed JSON ({e.msg}, "
+                                f"column {e.colno})") from None
+        else:
+            return [(f"record {i + 1}", v) for i, v in enumerate(whole)]
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((f"line {n}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            # Ran off the end of the line: most likely a file cut short while writing.
+            cut = e.pos >= len(line.rstrip()) or e.msg.startswith("Unterminated string")
+            kind = "truncated" if cut else "malformed"
+            raise DataError(f"{path}: line {n}: {kind} JSON ({e.msg}, column {e.colno})") from None
+    return out
+
+
+def _parse_parquet(path: Path) -> list[tuple[str, Any]]:
+    import pyarrow.parquet as pq  # heavy; only when a parquet file is read
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise DataError(f"{path}: cannot read parquet ({str(e).splitlines()[0]})") from None
+    return [(f"record {i + 1}", v) for i, v in enumerate(rows)]
+
+
+def validate_records(
+    items: Iterable[tuple[str, Any]],
+    source: str,
+    *,
+    fields: Mapping[str, Callable[[Any], str | None]] = QA_FIELDS,
+    required: Sequence[str] = _QA_REQUIRED,
+    record_check: Callable[[dict], tuple[str, str] | None] | None = None,
+) -> list[dict]:
+    """Check ``(location, record)`` pairs; return the records or raise on the first problem.
+
+    A record must be a JSON object; every ``required`` field present and non-empty;
+    every known field that is present of its schema type; known free-text fields
+    (question, answer, ...) non-blank; then ``record_check(record)``, which returns
+    ``(field, problem)`` or None, for rules across fields. Unknown keys are kept unchecked.
+    """
+    records = []
+    for where, rec in items:
+        at = f"{source}: {where}"
+        if not isinstance(rec, dict):
+            raise DataError(f"{at}: expected a JSON object, got {type(rec).__name__}")
+        for key in required:
+            if key not in rec or rec[key] is None:
+                raise DataError(f"{at}: field '{key}': missing")
+            v = rec[key]
+            if (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
+                raise DataError(f"{at}: field '{key}': empty")
+        for key, check in fields.items():
+            if key not in rec:
+                continue
+            problem = check(rec[key])
+            if problem is None and key in _NONBLANK and not rec[key].strip():
+                problem = "empty"
+            if problem is not None:
+                raise DataError(f"{at}: field '{key}': {problem}")
+        found = record_check(rec) if record_check is not None else None
+        if found is not None:
+            raise DataError(f"{at}: field '{found[0]}': {found[1]}")
+        records.append(rec)
+    if not records:
+        raise DataError(f"{source}: no records (empty file or split)")
+    return records
+
+
+def read_records(path: str | os.PathLike, *, split: str | None = None,
+                 required: Sequence[str] | None = None) -> list[dict]:
+    """Read and validate one ``.json`` (lines or array), ``.jsonl`` or ``.parquet`` file.
+
+    ``split`` (default: the file's stem) picks the schema: ``canaries``,
+    ``biographies``, else QA. ``required`` defaults to that schema's required fields.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    fields, default_required, record_check = _kind(split or path.stem)
+    items = _parse_parquet(path) if path.suffix == ".parquet" else _parse_json(path)
+    return validate_records(items, str(path), fields=fields, record_check=record_check,
+                            required=default_required if required is None else required)
+
+
+def _find_file(directory: Path, split: str) -> Path | None:
+    for suffix in _SUFFIXES:
+        if (directory / f"{split}{suffix}").is_file():
+            return directory / f"{split}{suffix}"
+    return None
+
+
+def _merge_perturbed(base: list[dict], extra: list[dict], source: str) -> list[dict]:
+    """Add the perturbed file's fields to the base records with the same question."""
+    by_question: dict[str, deque[int]] = defaultdict(deque)
+    for i, rec in enumerate(base):
+        if isinstance(rec.get("question"), str):
+            by_question[rec["question"].strip()].append(i)
+    merged = [dict(r) for r in base]
+    for n, rec in enumerate(extra, start=1):
+        queue = by_question.get(rec["question"].strip())
+        if not queue:
+            raise DataError(f"{source}: record {n}: field 'question': not in the base split "
+                            f"({rec['question']!r:.60})")
+        target = merged[queue.popleft()]
+        for key, value in rec.items():
+            if key not in target:
+                target[key] = value
+            elif key == "answer" and target[key].strip() != value.strip():
+                raise DataError(f"{source}: record {n}: field 'answer': differs from the "
+                                "base split")
+    return merged
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    return source.count("/") == 1 and not source.startswith((".", "/", "~"))
+
+
+def _hub_rows(hub_id: str, config: str, split: str = "train") -> list:
+    """Rows of ``datasets.load_dataset(hub_id, config, split=split)``, or DataError."""
+    try:
+        import datasets  # heavy, and only needed for hub ids
+
+        return list(datasets.load_dataset(hub_id, config, split=split))
+    except Exception as e:  # network, auth, missing config: all mean "not available"
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{hub_id}: '{config}': not a local path and could not be loaded "
+                        f"from the Hugging Face hub (offline or no access?): {msg}") from None
+
+
+def _validate_hub(rows: list, label: str, split: str, required: Sequence[str] | None) -> list[dict]:
+    fields, default_required, record_check = _kind(split)
+    return validate_records(((f"record {i + 1}", r) for i, r in enumerate(rows)), label,
+                            fields=fields, record_check=record_check,
+                            required=default_required if required is None else required)
+
+
+def load_split(source: str | os.PathLike, split: str, *,
+               required: Sequence[str] | None = None) -> list[dict]:
+    """Load one split (e.g. ``"forget10"``) from a benchmark directory or a hub id.
+
+    ``source`` is a local directory holding ``<split>.json|.jsonl|.parquet``; only
+    when no such path exists locally is it treated as a hub id and passed to
+    ``datasets.load_dataset(source, split)``. When ``<split>_perturbed`` exists
+    (TOFU's layout) its paraphrased/perturbed answers are merged into the records
+    with the same question. ``required`` defaults to ``("question", "answer")``
+    for QA splits and to every schema field for ``canaries`` / ``biographies``.
+
+    Returns:
+      The validated records, in file order.
+    """
+    if not split or any(c in split for c in "/\\") or split.startswith("."):
+        raise DataError(f"split {split!r}: must be a plain split name such as 'forget10'")
+    path = Path(source)
+    if not path.exists():
+        if not _looks_like_hub_id(str(source)):
+            raise DataError(f"{source}: no such benchmark directory")
+        rows = _hub_rows(str(source), split)
+        records = _validate_hub(rows, f"hub:{source}/{split}", split, required)
+        if split.endswith("_perturbed"):
+            return records
+        try:
+            extra_rows = _hub_rows(str(source), f"{split}_perturbed")
+        except DataError:
+            return records  # most splits have no perturbed companion
+        label = f"hub:{source}/{split}_perturbed"
+        return _merge_perturbed(records, _validate_hub(extra_rows, label, split, None), label)
+    if not path.is_dir():
+        raise DataError(f"{source}: expected a benchmark directory, got a file")
+    file = _find_file(path, split)
+    if file is None:
+        raise DataError(f"{path}: split '{split}': no {split}.json, .jsonl or .parquet file")
+    records = read_records(file, split=split, required=required)
+    companion = _find_file(path, f"{split}_perturbed")
+    if companion is not None and not split.endswith("_perturbed"):
+        extra = read_records(companion, split=f"{split}_perturbed")
+        records = _merge_perturbed(records, extra, str(companion))
+    return records
+
+
+def check_disjoint(forget: Sequence[Mapping], retain: Sequence[Mapping], *,
+                   names: tuple[str, str] = ("forget", "retain")) -> None:
+    """Raise :class:`DataError` when the two splits share a question, person_id or name.
+
+    Questions compare after stripping whitespace; ``person_id`` -1 (world facts) and
+    empty names are ignored. Record numbers in the message are 1-based.
+    """
+    keys = (
+        ("question", lambda r: r.get("question", "").strip() or None),
+        ("person_id", lambda r: r.get("person_id") if r.get("person_id", -1) != -1 else None),
+        ("name", lambda r: r.get("name") or None),
+    )
+    for field, key in keys:
+        seen = {}
+        for i, rec in enumerate(forget, start=1):
+            k = key(rec)
+            if k is not None:
+                seen.setdefault(k, i)
+        for j, rec in enumerate(retain, start=1):
+            k = key(rec)
+            if k is not None and k in seen:
+                raise DataError(f"{names[0]} and {names[1]} overlap: field '{field}' = {k!r:.60} "
+                                f"({names[0]} record {seen[k]}, {names[1]} record {j})")
+
+
+def _manifest(directory: Path) -> dict:
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"{path}: missing (not a benchmark directory?)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: malformed JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        raise DataError(f"{path}: field 'splits': expected a non-empty object {{file: count}}")
+    for file, count in splits.items():
+        if _int(count) is not None or count < 1:
+            raise DataError(f"{path}: field 'splits': {file!r} must map to a record count >= 1")
+    if not isinstance(manifest.get("sha256", {}), dict):
+        raise DataError(f"{path}: field 'sha256': expected an object {{file: hex}}")
+    return manifest
+
+
+def load_benchmark(directory: str | os.PathLike) -> dict[str, list[dict]]:
+    """Load every split listed in ``<directory>/manifest.json``, checked against it.
+
+    Checks per file: present, record count equal to ``manifest["splits"]``, SHA-256
+    equal to ``manifest["sha256"]`` when listed, schema (QA / canaries /
+    biographies); then forget/retain complements and holdout are disjoint.
+
+    Returns:
+      ``{split name (file stem): records}``, e.g. ``{"forget10": [...], ...}``.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such benchmark directory")
+    manifest = _manifest(directory)
+    out: dict[str, list[dict]] = {}
+    for file, count in sorted(manifest["splits"].items()):
+        path = directory / file
+        if not path.is_file():
+            raise DataError(f"{directory / 'manifest.json'}: lists {file!r}, which is missing")
+        want = manifest.get("sha256", {}).get(file)
+        if want is not None and hashlib.sha256(path.read_bytes()).hexdigest() != want:
+            raise DataError(f"{path}: SHA-256 differs from manifest.json "
+                            "(file changed since generation)")
+        records = read_records(path)
+        if len(records) != count:
+            raise DataError(f"{path}: {len(records)} records, manifest.json says {count}")
+        out[path.stem] = records
+    for forget, retain in _COMPLEMENTS.items():
+        if forget in out and retain in out:
+            check_disjoint(out[forget], out[retain], names=(forget, retain))
+        if forget in out and "holdout" in out:
+            check_disjoint(out[forget], out["holdout"], names=(forget, "holdout"))
+        if retain in out and "holdout" in out:
+            check_disjoint(out[retain], out["holdout"], names=(retain, "holdout"))
+    return out
+
+
+def load_muse_corpus(path: str | os.PathLike, *, split: str = "forget",
+                     config: str = "raw") -> list[str]:
+    """Raw-text documents in MUSE's format (Shi et al. 2024, "MUSE: Machine Unlearning
+    Six-Way Evaluation for Language Models").
+
+    ``path`` is a ``.txt`` file (one document), a ``.json``/``.jsonl``/``.parquet``
+    file of records with a ``text`` field, a directory of such files (read in name
+    order), or, when nothing exists at ``path``, a hub id loaded as
+    ``datasets.load_dataset(path, config, split=split)``.
+    """
+    p = Path(path)
+    text_fields = {"text": _str}
+    if not p.exists():
+        if not _looks_like_hub_id(str(path)):
+            raise DataError(f"{path}: no such file or directory")
+        rows = _hub_rows(str(path), config, split)
+        recs = validate_records(((f"record {i + 1}", r) for i, r in enumerate(rows)),
+                                f"hub:{path}/{config}/{split}", fields=text_fields,
+                                required=("text",))
+        return [r["text"] for r in recs]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in (".txt",) + _SUFFIXES)
+    else:
+        files = [p]
+    if not files:
+        raise DataError(f"{path}: no .txt, .json, .jsonl or .parquet files")
+    docs: list[str] = []
+    for f in files:
+        if f.suffix == ".txt":
+            try:
+                text = f.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{f}: not UTF-8 text (bad byte at offset {e.start})") from None
+            if not text.strip():
+                raise DataError(f"{f}: empty document")
+            docs.append(text)
+        else:
+            items = _parse_parquet(f) if f.suffix == ".parquet" else _parse_json(f)
+            recs = validate_records(items, str(f), fields=text_fields, required=("text",))
+            docs.extend(r["text"] for r in recs)
+    return docs
