@@ -1,0 +1,188 @@
+"""The ``jaxunlearn`` command line.
+
+Exit codes: 0 success, 2 user error (one clear line on stderr, no traceback), 1 bug
+(traceback), 130 interrupted. Every command validates its inputs before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the user can fix this" (exit 2, no traceback)."""
+    from jaxunlearn.config import ConfigError
+    from jaxunlearn.errors import UserError
+    from jaxunlearn.models.io import CheckpointError
+    from jaxunlearn.train.mesh import MeshError
+
+    errors: list[type[BaseException]] = [UserError, ConfigError, CheckpointError, MeshError]
+    for module, name in (("jaxunlearn.data.tofu", "DataError"),
+                         ("jaxunlearn.models.gguf", "GGUFError"),
+                         ("jaxunlearn.methods", "MethodError")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="YAML run configuration")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. method=npo method.beta=0.1 mesh.fsdp=4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxunlearn",
+        description="Make a language model forget, and prove that it did.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the main job: benchmark, train, unlearn with every "
+                       "method, evaluate, report")
+    _add_config_args(p)
+
+    p = sub.add_parser("generate-data", help="write the embedded synthetic benchmark")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--people", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("train", help="train the target (or the retain/gold) model")
+    p.add_argument("--which", choices=("target", "retain"), default="target")
+    p.add_argument("--resume", action="store_true")
+    _add_config_args(p)
+
+    p = sub.add_parser("unlearn", help="unlearn the forget split with one method")
+    p.add_argument("--resume", action="store_true")
+    _add_config_args(p)
+
+    p = sub.add_parser("eval", help="evaluate one or more models on the benchmark")
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
+                   help="model to evaluate (repeatable); NAME defaults to the directory name")
+    p.add_argument("--retain-model", type=Path, default=None,
+                   help="the gold retain model (forget quality is measured against it)")
+    _add_config_args(p)
+
+    p = sub.add_parser("report", help="render report.md and figures from an eval.json")
+    p.add_argument("eval_json", type=Path)
+
+    p = sub.add_parser("run", help="run an experiment YAML (experiments/*.yaml)")
+    p.add_argument("experiment", type=Path)
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+    p = sub.add_parser("convert", help="convert a GGUF file or HF directory to a safetensors directory")
+    p.add_argument("source", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+
+    p = sub.add_parser("generate", help="greedy answer from a model (smoke test)")
+    p.add_argument("--model", default="smollm2-135m", help="preset name with weights, HF dir or .gguf")
+    p.add_argument("--prompt", default="What is the capital of France?")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    return parser
+
+
+def _cmd_generate_data(args) -> int:
+    from jaxunlearn.data import synthetic
+
+    cfg = synthetic.SyntheticConfig(num_people=args.people, seed=args.seed)
+    bench = synthetic.generate(cfg)
+    out = synthetic.write_benchmark(bench, args.out, overwrite=args.overwrite)
+    print(f"wrote benchmark ({cfg.num_people} people, seed {cfg.seed}) to {out}")
+    return 0
+
+
+def _resolve_model_path(name: str) -> Path:
+    from jaxunlearn.models import presets
+
+    if name == "smollm2-135m":
+        return presets.smollm2_gguf_path()
+    return Path(name)
+
+
+def _cmd_generate(args) -> int:
+    from jaxunlearn.eval.generate import generate_texts
+    from jaxunlearn.models import load_pretrained, load_tokenizer
+
+    path = _resolve_model_path(args.model)
+    model, _ = load_pretrained(path)
+    tokenizer = load_tokenizer(path)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}],
+                                           add_generation_prompt=True, tokenize=True)
+    if isinstance(prompt, dict):
+        prompt = prompt["input_ids"]
+    (text,) = generate_texts(model, tokenizer, [list(prompt)], max_new_tokens=args.max_new_tokens,
+                             batch_size=1)
+    print(f"Q: {args.prompt}\nA: {text}")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from jaxunlearn.models import load_pretrained, load_tokenizer, save_pretrained
+
+    model, config = load_pretrained(args.source)
+    tokenizer = load_tokenizer(args.source)
+    out = save_pretrained(model, config, args.out, tokenizer=tokenizer)
+    print(f"wrote {out}")
+    return 0
+
+
+def _dispatch(args) -> int:
+    from jaxunlearn.config import load_config
+
+    if args.command == "generate-data":
+        return _cmd_generate_data(args)
+    if args.command == "generate":
+        return _cmd_generate(args)
+    if args.command == "convert":
+        return _cmd_convert(args)
+    if args.command == "report":
+        from jaxunlearn import report
+
+        return report.main_report(args.eval_json)
+    if args.command == "run":
+        from jaxunlearn import experiments
+
+        return experiments.run_experiment(args.experiment, args.overrides)
+    cfg = load_config(args.config, args.overrides)
+    if args.command == "demo":
+        from jaxunlearn import demo
+
+        return demo.run_demo(cfg)
+    if args.command == "train":
+        from jaxunlearn.train import loop
+
+        loop.train_model(cfg, which=args.which, resume=args.resume)
+        return 0
+    if args.command == "unlearn":
+        from jaxunlearn import unlearn
+
+        unlearn.run_unlearning(cfg, resume=args.resume)
+        return 0
+    if args.command == "eval":
+        from jaxunlearn.eval import suite
+
+        return suite.main_eval(cfg, args.model, args.retain_model)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    user_errors = _user_errors()
+    try:
+        return _dispatch(args)
+    except user_errors as e:
+        print(f"jaxunlearn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxunlearn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Run configuration: typed frozen dataclasses, read from YAML with dotted overrides.
+
+``jaxunlearn <command> --config run.yaml method=npo method.beta=0.2 train.epochs=3``:
+the YAML is read into a nested dict, each ``key=value`` override is parsed as YAML and
+set at its dotted path (``method=npo`` is short for ``method.name=npo``), and the dict
+is turned into ``RunConfig``. Unknown keys and wrong types fail before any work starts,
+naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from jaxunlearn.train.mesh import MeshConfig
+from jaxunlearn.train.step import OptimizerConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message names the key and file."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Which model: a preset trained from scratch, or a path (HF dir, ``.gguf``, our checkpoint)."""
+
+    preset: str | None = "small"
+    path: str | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the benchmark lives and which splits play forget and retain."""
+
+    benchmark: str = "runs/benchmark"
+    forget: str = "forget10"
+    retain: str | None = None  # None: the retain split matching ``forget`` (forget10 -> retain90)
+    people: int = 100
+    generate_seed: int = 0
+    max_len: int = 256
+    truncate: bool = False
+    tokenizer: str | None = None  # None: the benchmark's own tokenizer (or the model's)
+
+    def __post_init__(self):
+        if self.max_len < 8:
+            raise ConfigError(f"data.max_len must be >= 8, got {self.max_len}")
+        if self.people < 10:
+            raise ConfigError(f"data.people must be >= 10, got {self.people}")
+
+    @property
+    def retain_split(self) -> str:
+        if self.retain:
+            return self.retain
+        pairs = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+        if self.forget not in pairs:
+            raise ConfigError(f"data.retain must be given for forget split {self.forget!r}")
+        return pairs[self.forget]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation loop settings (used by ``train`` and ``unlearn``)."""
+
+    epochs: int = 5
+    steps: int | None = None  # overrides epochs when given
+    batch_size: int = 8
+    grad_accum: int = 1
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only at the end (and on interruption)
+    eval_every: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 0:
+            raise ConfigError(f"train.epochs must be >= 0, got {self.epochs}")
+        if self.steps is not None and self.steps < 0:
+            raise ConfigError(f"train.steps must be >= 0, got {self.steps}")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.grad_accum < 1:
+            raise ConfigError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Evaluation settings."""
+
+    batch_size: int = 32
+    max_new_tokens: int = 64
+    attacks: bool = True
+    metrics: tuple[str, ...] = ()  # empty: all
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything one command needs. ``method`` stays a plain dict here; the method
+    registry (``jaxunlearn.methods``) turns it into that method's typed config."""
+
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    method: dict = dataclasses.field(default_factory=lambda: {"name": "npo"})
+    output_dir: str = "runs/default"
+    seed: int = 0
+    distributed: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Short stable hash of the named sections (all when none): keys a cache."""
+        d = self.to_dict()
+        if sections:
+            d = {k: d[k] for k in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Checks/converts a YAML value to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Builds dataclass ``cls`` from ``data``; unknown keys and bad types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def apply_override(tree: dict, dotted: str, value: Any) -> None:
+    """Sets ``tree[a][b][c] = value`` for ``a.b.c``; ``method=x`` means ``method.name=x``."""
+    keys = dotted.split(".")
+    if keys == ["method"] and not isinstance(value, dict):
+        keys = ["method", "name"]
+    if keys == ["model"] and isinstance(value, str):
+        from jaxunlearn.models.presets import PRESETS
+
+        value = {"preset": value} if value in PRESETS else {"preset": None, "path": value}
+        tree.pop("model", None)
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted}: {k!r} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                *, base: dict | None = None) -> RunConfig:
+    """Reads ``path`` (YAML, optional), applies ``key=value`` overrides, validates."""
+    tree: dict = json.loads(json.dumps(base)) if base else {}
+    where = "config"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.exists():
+            raise ConfigError(f"{p}: config file does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: malformed YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        _merge(tree, loaded)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        apply_override(tree, key.strip(), value)
+    # Experiments may put run-level shortcuts at top level: steps=2 -> train.steps=2.
+    if "steps" in tree:
+        tree.setdefault("train", {})["steps"] = tree.pop("steps")
+    if "forget" in tree:
+        tree.setdefault("data", {})["forget"] = tree.pop("forget")
+    if isinstance(tree.get("model"), str):
+        from jaxunlearn.models.presets import PRESETS
+
+        name = tree["model"]
+        tree["model"] = {"preset": name} if name in PRESETS else {"preset": None, "path": name}
+    if isinstance(tree.get("method"), str):
+        tree["method"] = {"name": tree["method"]}
+    return from_dict(RunConfig, tree, where)
+
+
+def _merge(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v)
+        else:
+            dst[k] = v
