@@ -368,10 +368,12 @@ def reference(smollm2):
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    config = AutoConfig.from_pretrained(smollm2.parent, gguf_file=smollm2.name)
     with pytest.MonkeyPatch.context() as patch:
-        # transformers rebuilds the same name table once per submodule (~400 times); it is a pure function
+        # Speed only, same results: transformers parses the (read-only) file once for the config and
+        # again for the tensors, and rebuilds one pure name table per submodule (~400 times).
+        patch.setattr(gguf, "GGUFReader", functools.lru_cache(gguf.GGUFReader))
         patch.setattr(gguf, "get_tensor_name_map", functools.lru_cache(gguf.get_tensor_name_map))
+        config = AutoConfig.from_pretrained(smollm2.parent, gguf_file=smollm2.name)
         if importlib.util.find_spec("accelerate"):
             model = AutoModelForCausalLM.from_pretrained(smollm2.parent, gguf_file=smollm2.name, dtype=torch.float32)
             tensors = {k: v for k, v in model.state_dict().items()
