@@ -105,17 +105,15 @@ def _resolve_model_path(name: str) -> Path:
 
 
 def _cmd_generate(args) -> int:
+    from jaxunlearn.data.batch import encode_prompt
     from jaxunlearn.eval.generate import generate_texts
     from jaxunlearn.models import load_pretrained, load_tokenizer
 
     path = _resolve_model_path(args.model)
     model, _ = load_pretrained(path)
     tokenizer = load_tokenizer(path)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}],
-                                           add_generation_prompt=True, tokenize=True)
-    if isinstance(prompt, dict):
-        prompt = prompt["input_ids"]
-    (text,) = generate_texts(model, tokenizer, [list(prompt)], max_new_tokens=args.max_new_tokens,
+    prompt = encode_prompt(tokenizer, args.prompt).tolist()
+    (text,) = generate_texts(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
                              batch_size=1)
     print(f"Q: {args.prompt}\nA: {text}")
     return 0

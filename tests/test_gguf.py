@@ -483,3 +483,51 @@ def test_smollm2_chat_template_equals_transformers(tokenizers, conversation):
     assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
     ids = ours(text)["input_ids"]
     assert ids == ref(text)["input_ids"] and ours.decode(ids) == text
+
+
+@pytest.fixture(scope="module")
+def smollm2_pair(smollm2, reference):
+    """Our SmolLM2 loaded from the GGUF, and transformers' model filled by its own GGUF loader."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from jaxunlearn.models import load_pretrained
+
+    config, tensors = reference
+    hf = AutoModelForCausalLM.from_config(config).float().eval()
+    hf.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
+    hf.tie_weights()
+    model, _ = load_pretrained(smollm2)
+    return model, hf
+
+
+def test_smollm2_logits_match_transformers(smollm2_pair, tokenizers):
+    import jax.numpy as jnp
+    import torch
+
+    from jaxunlearn.data.batch import encode_prompt
+
+    model, hf = smollm2_pair
+    ours_tok, _ = tokenizers
+    ids = encode_prompt(ours_tok, "What is the capital of France?").tolist()
+    ours = np.asarray(model(jnp.asarray([ids])))
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-3, rtol=0)
+
+
+def test_smollm2_greedy_generation_identical(smollm2_pair, tokenizers):
+    import torch
+
+    from jaxunlearn.data.batch import encode_prompt
+    from jaxunlearn.eval.generate import generate
+
+    model, hf = smollm2_pair
+    ours_tok, _ = tokenizers
+    ids = encode_prompt(ours_tok, "Name three colours.").tolist()
+    gen = generate(model, np.asarray([ids]), np.ones((1, len(ids)), np.int32), max_new_tokens=20,
+                   eos_id=-1, pad_id=ours_tok.pad_token_id or 0)
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                          max_new_tokens=20, min_new_tokens=20, do_sample=False)[0, len(ids):]
+    assert gen.tokens[0].tolist() == ref.tolist()
