@@ -96,22 +96,13 @@ def _cmd_generate_data(args) -> int:
     return 0
 
 
-def _resolve_model_path(name: str) -> Path:
-    from jaxunlearn.models import presets
-
-    if name == "smollm2-135m":
-        return presets.smollm2_gguf_path()
-    return Path(name)
-
-
 def _cmd_generate(args) -> int:
     from jaxunlearn.data.batch import encode_prompt
     from jaxunlearn.eval.generate import generate_texts
     from jaxunlearn.models import load_pretrained, load_tokenizer
 
-    path = _resolve_model_path(args.model)
-    model, _ = load_pretrained(path)
-    tokenizer = load_tokenizer(path)
+    model, _ = load_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)
     prompt = encode_prompt(tokenizer, args.prompt).tolist()
     (text,) = generate_texts(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
                              batch_size=1)

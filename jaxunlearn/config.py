@@ -99,6 +99,16 @@ class EvalConfig:
     max_new_tokens: int = 64
     attacks: bool = True
     metrics: tuple[str, ...] = ()  # empty: all
+    max_records: int | None = 200  # per split, None: all
+    fast: bool = False  # the suite's reduced settings (demo, smoke tests)
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"eval.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_records is not None and self.max_records < 1:
+            raise ConfigError(f"eval.max_records must be >= 1 or null, got {self.max_records}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

