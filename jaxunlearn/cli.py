@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: benchmark, train, unlearn with every "
                        "method, evaluate, report")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated subset of methods (default: all registered)")
     _add_config_args(p)
 
     p = sub.add_parser("generate-data", help="write the embedded synthetic benchmark")
@@ -137,11 +139,13 @@ def _dispatch(args) -> int:
         from jaxunlearn import experiments
 
         return experiments.run_experiment(args.experiment, args.overrides)
-    cfg = load_config(args.config, args.overrides)
     if args.command == "demo":
         from jaxunlearn import demo
 
-        return demo.run_demo(cfg)
+        cfg = load_config(args.config, args.overrides, base=demo.DEFAULTS)
+        subset = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+        return demo.run_demo(cfg, subset)
+    cfg = load_config(args.config, args.overrides)
     if args.command == "train":
         from jaxunlearn.train import loop
 
