@@ -177,3 +177,88 @@ def test_bad_inputs_name_the_field():
         ops.token_nll_from_hidden(hidden, head, labels, mask[:, :2])
     with pytest.raises(losses.LossInputError, match="chunk_size"):
         ops.token_logprobs_from_hidden(hidden, head, labels, chunk_size=0)
+
+
+# ---------------------------------------------------------------- the model hooks these ops use
+
+
+def _tiny_model(**overrides):
+    from flax import nnx
+
+    from jaxunlearn.models import Llama, LlamaConfig
+
+    config = LlamaConfig(vocab_size=41, hidden_size=16, intermediate_size=24, num_layers=2,
+                         num_heads=4, num_kv_heads=2, **overrides)
+    return Llama(config, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_model_hidden_states_and_head_reproduce_logits(tied):
+    model = _tiny_model(tie_word_embeddings=tied)
+    rng = np.random.default_rng(9)
+    ids = jnp.asarray(rng.integers(0, 41, (2, 6)), jnp.int32)
+    attn = jnp.asarray([[1] * 6, [0, 0, 1, 1, 1, 1]], jnp.int32)
+    labels = jnp.roll(ids, -1, axis=1)
+    mask = attn.astype(jnp.float32)
+    from flax import nnx
+
+    graphdef, params = nnx.split(model)
+
+    @jax.jit  # one compilation instead of op-by-op dispatch
+    def run(params):
+        m = nnx.merge(graphdef, params)
+        return m(ids, attn), m.hidden_states(ids, attn), m.output_head()
+
+    logits, hidden, head = run(params)
+    assert hidden.shape == (2, 6, 16) and head.shape == (16, 41)
+    np.testing.assert_allclose(np.asarray(jnp.einsum("BTD,DV->BTV", hidden, head)),
+                               np.asarray(logits), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(ops.sequence_logprob_from_hidden(hidden, head, labels, mask)),
+        np.asarray(losses.sequence_logprob(logits, labels, mask)), rtol=1e-5, atol=1e-5)
+
+
+def test_model_remat_policies_keep_gradients():
+    from flax import nnx
+
+    ids = jnp.asarray(np.random.default_rng(10).integers(0, 41, (2, 5)), jnp.int32)
+    labels, mask = jnp.roll(ids, -1, axis=1), jnp.ones((2, 5), jnp.float32)
+
+    def grads(**overrides):
+        graphdef, params = nnx.split(_tiny_model(**overrides), nnx.Param)
+
+        def loss(p):
+            m = nnx.merge(graphdef, p)
+            return ops.token_nll_from_hidden(m.hidden_states(ids), m.output_head(), labels, mask)
+
+        return jax.tree.leaves(jax.jit(jax.grad(loss))(params))
+
+    base = grads()
+    for policy in ("nothing_saveable", "dots_with_no_batch_dims_saveable"):
+        for a, b in zip(base, grads(remat=True, remat_policy=policy)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+
+
+def test_attention_matches_jax_dot_product_attention_semantics():
+    # attention_impl="cudnn" calls jax.nn.dot_product_attention with this mask and
+    # is_causal; its XLA implementation must agree with the einsum one.
+    from jaxunlearn.models.llama import _attention
+
+    rng = np.random.default_rng(11)
+    q = jnp.asarray(rng.normal(size=(2, 6, 4, 8)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(2, 6, 2, 8)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=(2, 6, 2, 8)), jnp.float32)
+    pad = jnp.asarray([[1] * 6, [1, 1, 1, 1, 0, 0]], bool)
+    key_mask = jnp.tril(jnp.ones((6, 6), bool))[None] & pad[:, None, :]
+    ours = _attention(q, k, v, key_mask)
+    ref = jax.nn.dot_product_attention(q, k, v, mask=key_mask[:, None], is_causal=True,
+                                       implementation="xla")
+    real = np.asarray(pad)
+    np.testing.assert_allclose(np.asarray(ours)[real], np.asarray(ref)[real], rtol=1e-5, atol=1e-5)
+
+
+def test_model_config_rejects_unknown_policy_and_attention():
+    with pytest.raises(ValueError, match="remat_policy"):
+        _tiny_model(remat_policy="sometimes")
+    with pytest.raises(ValueError, match="attention_impl"):
+        _tiny_model(attention_impl="flash3")

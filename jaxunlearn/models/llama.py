@@ -20,6 +20,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# What a rematerialised block may keep from its forward pass (jax.checkpoint_policies).
+REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable",
+                  "everything_saveable")
+ATTENTION_IMPLS = ("xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,6 +41,12 @@ class LlamaConfig:
     """Architecture of a Llama-family decoder.
 
     ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype of the weights.
+    ``remat=True`` recomputes each block in the backward pass, keeping what
+    ``remat_policy`` allows (``nothing_saveable``: only the block inputs, the least
+    memory; ``dots_with_no_batch_dims_saveable``: also the weight matmuls' outputs, so
+    only attention and elementwise ops are recomputed). ``attention_impl="cudnn"`` uses
+    ``jax.nn.dot_product_attention``'s cuDNN flash kernel (GPU, bf16/fp16 only) for full
+    sequences; ``"xla"`` is the portable einsum implementation.
     """
 
     vocab_size: int
@@ -59,6 +69,8 @@ class LlamaConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "nothing_saveable"
+    attention_impl: str = "xla"
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
@@ -79,6 +91,12 @@ class LlamaConfig:
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"LlamaConfig.{name} must be one of {sorted(_DTYPES)}, "
                                  f"got {getattr(self, name)!r}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"LlamaConfig.remat_policy must be one of {REMAT_POLICIES}, "
+                             f"got {self.remat_policy!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"LlamaConfig.attention_impl must be one of {ATTENTION_IMPLS}, "
+                             f"got {self.attention_impl!r}")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -261,6 +279,25 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array) -> jax.Array:
+    """Grouped-query softmax attention ``softmax(q k^T / sqrt(H)) v``.
+
+    q ``[B, T, N, H]``, k/v ``[B, S, K, H]``, key_mask ``[B, T, S]`` bool -> ``[B, T, N, H]``.
+    Scores and softmax in float32.
+    """
+    B, T, N, H = q.shape
+    K = k.shape[2]
+    q = q.reshape(B, T, K, N // K, H)
+    # float32 scores straight from the matmul (bf16 inputs accumulate in f32); the scale
+    # fuses into the softmax's elementwise pass.
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k,
+                        preferred_element_type=jnp.float32) / math.sqrt(H)
+    # A large finite negative (not -inf) keeps fully padded query rows finite.
+    scores = jnp.where(key_mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+
+
 class Attention(nnx.Module):
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         D, N, K, H = (config.hidden_size, config.num_heads, config.num_kv_heads,
@@ -294,14 +331,12 @@ class Attention(nnx.Module):
                                                     cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v.astype(cache_kv[1].dtype),
                                                     cache_index, axis=1)
-        B, T, N, H = q.shape
-        K = c.num_kv_heads
-        q = q.reshape(B, T, K, N // K, H)
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32) / math.sqrt(H)
-        # A large finite negative (not -inf) keeps fully padded query rows finite.
-        scores = jnp.where(key_mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+        if c.attention_impl == "cudnn" and cache_kv is None:
+            # key_mask holds the causal part too; is_causal lets the kernel skip those tiles.
+            out = jax.nn.dot_product_attention(q, k, v, mask=key_mask[:, None], is_causal=True,
+                                               implementation="cudnn")
+        else:
+            out = _attention(q, k, v, key_mask)
         return jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt)), (k, v)
 
 
@@ -356,6 +391,20 @@ class Llama(nnx.Module):
         """
         return self.forward(input_ids, attention_mask, positions).logits
 
+    def hidden_states(self, input_ids, attention_mask=None, positions=None) -> jax.Array:
+        """Final-normed hidden states ``[B, T, D]``, the LM head's input.
+
+        ``hidden_states(...) @ output_head()`` equals ``__call__(...)``; with
+        ``jaxunlearn.ops`` the label log-probs are taken from them without ever forming
+        the ``[B, T, V]`` logits.
+        """
+        return self._trunk(input_ids, attention_mask, positions, None, None)[0]
+
+    def output_head(self) -> jax.Array:
+        """The LM head ``[D, V]`` in the compute dtype (``embed.T`` when tied)."""
+        head = self.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
+        return head.astype(self.config.compute_dtype)
+
     def forward(self, input_ids, attention_mask=None, positions=None, *,
                 cache: KVCache | None = None, hidden_layer: int | None = None) -> LlamaOutput:
         """Full forward pass; see ``__call__``.
@@ -365,6 +414,12 @@ class Llama(nnx.Module):
         written now or earlier). ``hidden_layer=i`` also returns the residual stream
         after block ``i`` (``[B, T, D]``, used by RMU).
         """
+        x, new_cache, hidden = self._trunk(input_ids, attention_mask, positions, cache, hidden_layer)
+        logits = jnp.einsum("BTD,DV->BTV", x, self.output_head())
+        return LlamaOutput(logits=logits, cache=new_cache, hidden=hidden)
+
+    def _trunk(self, input_ids, attention_mask, positions, cache, hidden_layer):
+        """Embedding, blocks and final norm: ``(x [B, T, D], new cache, hidden or None)``."""
         c = self.config
         B, T = input_ids.shape
         dt = c.compute_dtype
@@ -390,7 +445,9 @@ class Llama(nnx.Module):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
             idx = None if cache is None else cache.index
             if c.remat and cache is None:
-                x, kv = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions, key_mask, inv_freq)
+                policy = getattr(jax.checkpoint_policies, c.remat_policy)
+                x, kv = nnx.remat(lambda blk, *a: blk(*a), policy=policy)(
+                    block, x, positions, key_mask, inv_freq)
             else:
                 x, kv = block(x, positions, key_mask, inv_freq, kv, idx)
             new_keys.append(kv[0])
@@ -398,9 +455,7 @@ class Llama(nnx.Module):
             if hidden_layer is not None and i == hidden_layer:
                 hidden = x
         x = self.final_norm(x)
-        head = self.embed[...].T if c.tie_word_embeddings else self.lm_head[...]
-        logits = jnp.einsum("BTD,DV->BTV", x, head.astype(dt))
         new_cache = None
         if cache is not None:
             new_cache = KVCache(tuple(new_keys), tuple(new_values), cache.index + T)
-        return LlamaOutput(logits=logits, cache=new_cache, hidden=hidden)
+        return x, new_cache, hidden
