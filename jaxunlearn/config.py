@@ -21,6 +21,7 @@ import yaml
 
 from jaxunlearn.train.mesh import MeshConfig
 from jaxunlearn.train.step import OptimizerConfig
+from jaxunlearn.validate import ValidationError, path_component
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,13 @@ class DataConfig:
             raise ConfigError(f"data.max_len must be >= 8, got {self.max_len}")
         if self.people < 10:
             raise ConfigError(f"data.people must be >= 10, got {self.people}")
+        for field in ("forget", "retain"):
+            # Split names become file names (<benchmark>/<split>.json): one plain component.
+            if getattr(self, field) is not None:
+                try:
+                    path_component(getattr(self, field), f"data.{field}")
+                except ValidationError as e:
+                    raise ConfigError(str(e)) from None
 
     @property
     def retain_split(self) -> str:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from jaxunlearn import __version__
+from jaxunlearn.errors import UserError
 
 __all__ = [
     "BenchmarkError", "SyntheticConfig", "Benchmark", "TrainItem", "generate", "write_benchmark",
@@ -57,8 +58,9 @@ _ALPHABET = {"D": "0123456789", "L": "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
 _PEOPLE, _SPLIT, _QA, _WORLD, _CANARY, _BIO = range(1, 7)
 
 
-class BenchmarkError(ValueError):
-    """A bad configuration, a bad benchmark directory, or a refused write."""
+class BenchmarkError(UserError):
+    """A bad configuration, a bad benchmark directory, or a refused write (a user error:
+    the CLI prints it on one line and exits with code 2)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxunlearn.models.llama import Llama, LlamaConfig
+from jaxunlearn.validate import ValidationError, path_component
 
 
 class CheckpointError(ValueError):
@@ -135,8 +136,18 @@ def _read_safetensors_dir(path: Path) -> tuple[Callable[[str], Any], set[str], l
     if index.exists():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise CheckpointError(f"{index}: field 'weight_map' must map tensor names to "
+                                  "shard file names")
+        for shard in set(weight_map.values()):
+            # A shard name is read from the file: "../x" would open a file outside the model.
+            try:
+                path_component(shard, f"{index}: weight_map shard")
+            except ValidationError as e:
+                raise CheckpointError(str(e)) from None
         files = sorted(set(weight_map.values()))
     else:
         files = sorted(p.name for p in path.glob("*.safetensors"))
@@ -175,6 +186,17 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def _config_from_hf(hf: dict, overrides: dict, source: Path) -> LlamaConfig:
+    """``LlamaConfig.from_hf`` with its complaints (bad sizes, types, unsupported kinds)
+    turned into a ``CheckpointError`` naming the file: they describe the user's file."""
+    try:
+        return LlamaConfig.from_hf(hf, **overrides)
+    except (ValueError, TypeError, KeyError) as e:
+        msg = str(e).removeprefix("config.json: ") if not isinstance(e, KeyError) \
+            else f"missing field {e}"
+        raise CheckpointError(f"{source}: {msg}") from None
+
+
 def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
                     param_dtype: str | None = None, shardings: Any = None
                     ) -> tuple[Llama, LlamaConfig]:
@@ -191,7 +213,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
         from jaxunlearn.models import gguf
 
         ckpt = gguf.read_gguf(path)
-        config = LlamaConfig.from_hf(ckpt.config, **overrides)
+        config = _config_from_hf(ckpt.config, overrides, path)
         tensors = dict(ckpt.tensors)
         if config.tie_word_embeddings:
             tensors.pop("lm_head.weight", None)
@@ -204,13 +226,15 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
                               "or a .gguf file)")
     try:
         hf = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_file}: malformed JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object")
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads"):
         if key not in hf:
             raise CheckpointError(f"{cfg_file}: missing field {key!r}")
-    config = LlamaConfig.from_hf(hf, **overrides)
+    config = _config_from_hf(hf, overrides, cfg_file)
     get, names, _ = _read_safetensors_dir(path)
     model = model_from_hf_tensors(config, get, names, source=str(path), shardings=shardings)
     return model, config
@@ -276,4 +300,9 @@ def load_tokenizer(path: str | os.PathLike):
 
     if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
         raise CheckpointError(f"{path}: no tokenizer.json / tokenizer_config.json")
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False,
+                                             local_files_only=True)
+    except Exception as e:  # transformers raises many types for a bad config/tokenizer file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({first})") from None
