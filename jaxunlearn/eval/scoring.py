@@ -1,0 +1,230 @@
+"""Batched, jitted scoring of a model over many sequences: the one place the model runs.
+
+Every evaluation number starts here. ``score_sequences`` turns tokenised sequences
+(:class:`jaxunlearn.data.batch.Encoded`: QA pairs or raw texts) into per-sequence
+log-probabilities, token counts, teacher-forced greedy accuracy and the two Min-K
+membership scores, plus the per-position arrays the host needs for the rest
+(secret-only masks, ZLib, extraction strength). ``greedy_generate`` decodes answers.
+
+Speed: sequences are sorted by length, cut into batches of a fixed size and padded
+to a bucket length, so a whole evaluation compiles a handful of shapes; the jitted
+functions take the model's ``graphdef`` as a static argument, so every model of the
+same architecture (target, retain, each unlearned one) reuses the same executables.
+Logits ``[B, T, V]`` never leave the device: the jitted step reduces them to
+``[B, T]`` and ``[B]`` arrays.
+
+Shapes: N sequences, B batch rows, T positions (``logits[b, t]`` scores
+``labels[b, t]``), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxunlearn.data.batch import DEFAULT_BUCKETS, Encoded, bucket_length, collate, encode_qa, \
+    encode_text
+from jaxunlearn.data.tofu import DataError
+from jaxunlearn.eval import mia
+from jaxunlearn.eval.generate import generate, left_pad
+from jaxunlearn.eval.memorization import greedy_correct
+
+
+class SequenceScores(NamedTuple):
+    """Scores of N sequences, host NumPy, in the order they were given.
+
+    Per-position arrays are right-padded to the longest bucket used (``T``);
+    ``mask`` is 0 on padding, so sums over ``mask`` ignore it.
+
+    Attributes:
+      seq_logprob: ``[N]`` float64, ``sum_t mask * log p(y_t)`` (DESIGN's per-sequence
+        log-probability; summed on device in float32).
+      num_tokens: ``[N]`` int, ``sum_t mask``.
+      num_correct: ``[N]`` int, masked positions where ``argmax_v p = y_t``.
+      min_k: ``[N]`` Min-K% Prob (``mia.min_k_score``) over the mask without its last
+        token (open-unlearning leaves the final EOS out of Min-K).
+      min_k_plus_plus: ``[N]`` Min-K%++ (``mia.min_k_plus_plus_score``), same mask.
+      token_logp: ``[N, T]`` float32 ``log p(y_t)``, 0 outside the mask.
+      correct: ``[N, T]`` bool greedy hits, False outside the mask.
+      mask: ``[N, T]`` float32 scored positions.
+      labels: ``[N, T]`` int32 the scored token ids.
+    """
+
+    seq_logprob: np.ndarray
+    num_tokens: np.ndarray
+    num_correct: np.ndarray
+    min_k: np.ndarray
+    min_k_plus_plus: np.ndarray
+    token_logp: np.ndarray
+    correct: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def mean_logprob(self) -> np.ndarray:
+        """``[N]`` per-token-averaged log-prob ``seq_logprob / num_tokens`` (-avg loss)."""
+        return self.seq_logprob / np.maximum(self.num_tokens, 1)
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """``[N]`` memorisation accuracy (Tirumala et al. 2022): ``num_correct / num_tokens``."""
+        return self.num_correct / np.maximum(self.num_tokens, 1)
+
+    def take(self, index) -> "SequenceScores":
+        """The rows ``index`` (slice or integer array) of every field."""
+        return SequenceScores(*(np.asarray(f)[index] for f in self))
+
+
+def _drop_last(mask: jax.Array) -> jax.Array:
+    """``mask`` without each row's last masked position (the answer's EOS)."""
+    on = mask > 0
+    T = mask.shape[-1]
+    last = T - 1 - jnp.argmax(on[:, ::-1], axis=-1)
+    keep = jnp.arange(T)[None, :] != last[:, None]
+    return jnp.where(keep & on, mask, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "k"))
+def _score_batch(graphdef, state, input_ids, labels, loss_mask, attention_mask, *, k: float):
+    """One forward pass reduced to ``[B]`` and ``[B, T]`` statistics (see SequenceScores)."""
+    model = nnx.merge(graphdef, state)
+    logits = model(input_ids, attention_mask)  # [B, T, V], stays on device
+    token_logp = mia.token_logprobs(logits, labels)
+    correct = greedy_correct(logits, labels)
+    on = loss_mask > 0
+    minus_last = _drop_last(loss_mask)
+    return {
+        "seq_logprob": jnp.sum(jnp.where(on, token_logp, 0.0), axis=-1),
+        "num_tokens": jnp.sum(on, axis=-1),
+        "num_correct": jnp.sum(on & correct, axis=-1),
+        "min_k": mia.min_k_score(token_logp, minus_last, k=k),
+        "min_k_plus_plus": mia.min_k_plus_plus_score(logits, labels, minus_last, k=k),
+        "token_logp": token_logp,
+        "correct": correct,
+    }
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise DataError(f"batch_size: expected a positive integer, got {batch_size!r}")
+
+
+def score_sequences(model, encoded: Sequence[Encoded], *, pad_id: int, batch_size: int = 32,
+                    k: float = 0.4, buckets: Sequence[int] = DEFAULT_BUCKETS) -> SequenceScores:
+    """Scores every sequence under ``model`` (no gradient, no sampling).
+
+    Sequences are sorted by length and scored ``batch_size`` at a time, each batch
+    right-padded to the bucket of its longest row; the last batch is filled with empty
+    rows, so every call has shape ``[batch_size, bucket]``. Results come back in the
+    original order. A sequence's scores do not depend on its batch-mates.
+
+    Args:
+      model: a ``Llama`` (any nnx module ``model(ids [B,T], mask [B,T]) -> [B,T,V]``).
+      encoded: N sequences (``encode_qa`` counts answer + eos, ``encode_text`` every
+        token after the first).
+      pad_id: token id of the padding.
+      k: fraction of lowest tokens for Min-K% / Min-K%++.
+    Returns:
+      :class:`SequenceScores` of the N sequences.
+    """
+    _check_batch_size(batch_size)
+    if not encoded:
+        raise DataError("encoded: no sequences to score")
+    graphdef, state = nnx.split(model)
+    lengths = np.asarray([e.length for e in encoded])
+    order = np.argsort(lengths, kind="stable")
+    width = bucket_length(int(lengths.max()), buckets)
+    n = len(encoded)
+    rows: dict[str, np.ndarray] = {}
+    labels = np.full((n, width), pad_id, np.int32)
+    mask = np.zeros((n, width), np.float32)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        chunk = [encoded[i] for i in idx]
+        t = bucket_length(max(e.length for e in chunk), buckets)
+        b = collate(chunk, t, pad_id, batch_size=batch_size)
+        out = jax.device_get(_score_batch(graphdef, state, b.input_ids, b.labels, b.loss_mask,
+                                          b.attention_mask, k=float(k)))
+        real = len(idx)
+        for name, value in out.items():
+            if name not in rows:
+                shape = (n,) if value.ndim == 1 else (n, width)
+                rows[name] = np.zeros(shape, value.dtype)
+            if value.ndim == 1:
+                rows[name][idx] = value[:real]
+            else:
+                rows[name][idx, :t] = value[:real]
+        labels[idx, :t] = b.labels[:real]
+        mask[idx, :t] = b.loss_mask[:real]
+    # Positions outside the mask carry whatever the padding produced: zero them, so a
+    # sequence's arrays do not depend on its batch-mates.
+    on = mask > 0
+    return SequenceScores(
+        seq_logprob=rows["seq_logprob"].astype(np.float64),
+        num_tokens=rows["num_tokens"].astype(np.int64),
+        num_correct=rows["num_correct"].astype(np.int64),
+        min_k=rows["min_k"].astype(np.float64),
+        min_k_plus_plus=rows["min_k_plus_plus"].astype(np.float64),
+        token_logp=np.where(on, rows["token_logp"], 0.0).astype(np.float32),
+        correct=rows["correct"] & on, mask=mask, labels=labels)
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise DataError("tokenizer: has neither a pad nor an eos token to pad with")
+    return int(pad)
+
+
+def score_qa(model, tokenizer, questions: Sequence[str], answers: Sequence[str], **kwargs
+             ) -> SequenceScores:
+    """:func:`score_sequences` of ``(question, answer)`` pairs, answer + eos counted."""
+    if len(questions) != len(answers):
+        raise DataError(f"answers: {len(answers)} answers for {len(questions)} questions")
+    encoded = [encode_qa(tokenizer, q, a) for q, a in zip(questions, answers)]
+    return score_sequences(model, encoded, pad_id=_pad_id(tokenizer), **kwargs)
+
+
+def score_texts(model, tokenizer, texts: Sequence[str], **kwargs) -> SequenceScores:
+    """:func:`score_sequences` of raw documents (bos + text + eos, all but bos counted)."""
+    encoded = [encode_text(tokenizer, t) for t in texts]
+    return score_sequences(model, encoded, pad_id=_pad_id(tokenizer), **kwargs)
+
+
+def greedy_generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                    eos_id: int, pad_id: int, batch_size: int = 32,
+                    prompt_multiple: int = 16) -> list[list[int]]:
+    """Greedy continuations (token ids, EOS excluded) of N tokenised prompts.
+
+    Prompts are decoded ``batch_size`` at a time with the KV-cache decoder
+    (``eval.generate.generate``), all left-padded to the longest prompt rounded up to
+    ``prompt_multiple``; the last batch is filled with copies of its first prompt, so
+    the whole call has one shape (one compilation, shared by every model of the same
+    architecture). Sorting by length lets a batch stop early together (at EOS).
+    Output in input order.
+    """
+    _check_batch_size(batch_size)
+    if not prompts:
+        raise DataError("prompts: nothing to generate from")
+    if any(len(p) == 0 for p in prompts):
+        raise DataError("prompts: every prompt needs at least one token")
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    width = -(-max(len(p) for p in prompts) // prompt_multiple) * prompt_multiple
+    out: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(prompts), batch_size):
+        idx = order[start:start + batch_size]
+        chunk = [list(prompts[i]) for i in idx]
+        chunk += [chunk[0]] * (batch_size - len(chunk))
+        ids, mask = left_pad(chunk, pad_id, multiple=width)
+        gen = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_id=eos_id,
+                       pad_id=pad_id)
+        for row, i in enumerate(idx):
+            out[i] = gen.tokens[row, :gen.lengths[row]].tolist()
+    return out
