@@ -1,0 +1,233 @@
+"""Recovery attacks: does "forgotten" knowledge come back when the model is poked?
+
+* Quantisation (Zhang et al. 2025, "Catastrophic Failure of LLM Unlearning via
+  Quantization"): unlearning often moves weights by less than a quantisation step,
+  so rounding can snap them back towards the original model. We round every weight
+  matrix to nearest, symmetric, per output channel, at 8 and 4 bits, dequantise
+  (float weights again) and re-measure the forget set.
+* Re-learning (Hu et al. 2025, "Unlearning or Obfuscating? Jogging the Memory of
+  Unlearned LLMs via Benign Relearning"; Lynch et al. 2024): a few steps of plain
+  fine-tuning (NLL, AdamW, fixed seed) on a small part of the forget set. If the rest
+  of the forget set comes back too, the knowledge was hidden, not removed.
+
+Both report each forget metric as ``{"before": x, "after": y}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxunlearn import losses
+from jaxunlearn.data.batch import bucket_length, encode_qa, iterate_batches
+from jaxunlearn.errors import UserError
+from jaxunlearn.eval.scoring import _pad_id
+from jaxunlearn.eval.suite import FORGET_KEYS, _options, benchmark_splits, evaluate_forget, \
+    subset
+from jaxunlearn.models.io import hf_tensors_from_model, model_from_hf_tensors
+
+
+# ----------------------------------------------------------------------------- quantisation
+def quantize_rtn(weight: np.ndarray, bits: int) -> np.ndarray:
+    """Symmetric per-output-channel round-to-nearest quantisation, dequantised.
+
+    For ``W [O, I]`` (Hugging Face layout: one row per output channel) and
+    ``q_max = 2^(bits-1) - 1``: ``s_o = max_i |W_oi| / q_max``,
+    ``Q = clip(round(W / s), -q_max, q_max)``, result ``Q * s`` (float32). Every
+    element moves by at most ``s_o / 2``. An all-zero row stays zero.
+
+    Args:
+      weight: ``[O, I]`` float array.
+      bits: 2..16.
+    Returns:
+      ``[O, I]`` float32, the dequantised weights.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+        raise UserError(f"bits: expected an integer in [2, 16], got {bits!r}")
+    w = np.asarray(weight, dtype=np.float32)
+    if w.ndim != 2:
+        raise UserError(f"weight: expected a 2-D [out, in] matrix, got shape {w.shape}")
+    q_max = 2 ** (bits - 1) - 1
+    scale = np.abs(w).max(axis=1, keepdims=True) / q_max
+    safe = np.where(scale > 0, scale, 1.0)  # zero rows: any scale gives Q = 0
+    q = np.clip(np.rint(w / safe), -q_max, q_max)
+    return (q * scale).astype(np.float32)
+
+
+def quantize_model(model, bits: int):
+    """A new model whose every weight matrix (embedding and lm head included) went
+    through ``quantize_rtn``; norms and biases (1-D) are kept. ``model`` is unchanged."""
+    tensors = hf_tensors_from_model(model)
+    quantized = {name: quantize_rtn(t, bits) if t.ndim == 2 else t for name, t in tensors.items()}
+    return model_from_hf_tensors(model.config, quantized.__getitem__, set(quantized),
+                                 source=f"{bits}-bit quantised model")
+
+
+def _before_after(before: Mapping, after: Mapping) -> dict:
+    return {k: {"before": float(before[k]), "after": float(after[k])}
+            for k in FORGET_KEYS if k in before and k in after and before[k] is not None}
+
+
+def quantization_attack(model, tokenizer, records: Sequence[dict], cfg, *,
+                        bits: Sequence[int] = (8, 4), canaries: Sequence[dict] | None = None,
+                        before: Mapping | None = None) -> dict:
+    """Forget metrics (``suite.FORGET_KEYS``) before and after quantising at each width.
+
+    Args:
+      records: the forget QA records to measure on.
+      cfg: ``RunConfig`` or ``SuiteConfig`` (batch size, decoding length).
+      canaries: the benchmark's canaries; the forget ones are measured too.
+      before: the unquantised model's numbers on the same records when already known
+        (e.g. its ``evaluate_model`` result), to skip one evaluation.
+    Returns:
+      ``{"quantize_8bit": {metric: {"before", "after"}}, "quantize_4bit": {...}}``.
+    """
+    if before is None or not all(k in before for k in ("forget_prob", "forget_rouge")):
+        before = evaluate_forget(model, tokenizer, records, cfg, canaries=canaries)
+    return {f"quantize_{b}bit": _before_after(
+        before, evaluate_forget(quantize_model(model, b), tokenizer, records, cfg,
+                                canaries=canaries)) for b in bits}
+
+
+# ----------------------------------------------------------------------------- re-learning
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RelearnAttackConfig:
+    """The attacker's budget.
+
+    Attributes:
+      fraction: share of the forget people (their QA records) the attacker trains on;
+        at least one person, and at least one left to measure.
+      steps: AdamW steps on those records (batches wrap around).
+      batch_size: rows per step.
+      learning_rate, weight_decay: AdamW's (constant learning rate, no clipping).
+      seed: order of the records and choice of the people.
+    """
+
+    fraction: float = 0.1
+    steps: int = 20
+    batch_size: int = 8
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 < self.fraction < 1.0:
+            raise UserError(f"RelearnAttackConfig.fraction must be in (0, 1), got {self.fraction}")
+        for name in ("steps", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"RelearnAttackConfig.{name} must be a positive integer, got {v!r}")
+        if not self.learning_rate > 0:
+            raise UserError(f"RelearnAttackConfig.learning_rate must be > 0, "
+                            f"got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise UserError(f"RelearnAttackConfig.weight_decay must be >= 0, "
+                            f"got {self.weight_decay}")
+
+
+def relearn_split(records: Sequence[dict], fraction: float, seed: int
+                  ) -> tuple[list[dict], list[dict]]:
+    """``(attacker's records, records to measure)``, disjoint by person.
+
+    People (``person_id``) are drawn with ``default_rng(seed)``; with a single person
+    the records themselves are split. Needs at least two records.
+    """
+    if len(records) < 2:
+        raise UserError(f"forget split: the re-learning attack needs at least 2 records, "
+                        f"got {len(records)}")
+    keys = [r.get("person_id", i) for i, r in enumerate(records)]
+    groups = list(dict.fromkeys(keys))
+    if len(groups) < 2:
+        keys, groups = list(range(len(records))), list(range(len(records)))
+    order = np.random.default_rng(seed).permutation(len(groups))
+    n_train = min(len(groups) - 1, max(1, round(fraction * len(groups))))
+    chosen = {groups[int(i)] for i in order[:n_train]}
+    train = [r for r, k in zip(records, keys) if k in chosen]
+    rest = [r for r, k in zip(records, keys) if k not in chosen]
+    return train, rest
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "learning_rate", "weight_decay"))
+def _nll_step(graphdef, params, opt_state, input_ids, labels, loss_mask, attention_mask, *,
+              learning_rate: float, weight_decay: float):
+    """One AdamW step on the answer-token NLL (``losses.token_nll``)."""
+    optimizer = optax.adamw(learning_rate, weight_decay=weight_decay)
+
+    def loss_fn(p):
+        logits = nnx.merge(graphdef, p)(input_ids, attention_mask)
+        return losses.token_nll(logits, labels, loss_mask)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+def finetune_nll(model, tokenizer, records: Sequence[dict], config: RelearnAttackConfig):
+    """A fine-tuned copy of ``model`` (``model`` itself is unchanged) and its losses.
+
+    Plain NLL on answer tokens, AdamW, ``config.steps`` steps of ``config.batch_size``
+    records in ``iterate_batches`` order (seeded, wrapping around), one padded length.
+    """
+    encoded = [encode_qa(tokenizer, r["question"], r["answer"]) for r in records]
+    seq_len = bucket_length(max(e.length for e in encoded))
+    graphdef, state = nnx.split(model)
+    params = jax.tree.map(jnp.copy, state)
+    opt_state = optax.adamw(config.learning_rate, weight_decay=config.weight_decay).init(params)
+    pad, step_losses, epoch = _pad_id(tokenizer), [], 0
+    while len(step_losses) < config.steps:
+        for b in iterate_batches(encoded, config.batch_size, seed=config.seed, epoch=epoch,
+                                 pad_id=pad, seq_len=seq_len):
+            params, opt_state, loss = _nll_step(
+                graphdef, params, opt_state, b.input_ids, b.labels, b.loss_mask,
+                b.attention_mask, learning_rate=float(config.learning_rate),
+                weight_decay=float(config.weight_decay))
+            step_losses.append(float(loss))
+            if len(step_losses) == config.steps:
+                break
+        epoch += 1
+    return nnx.merge(graphdef, params), step_losses
+
+
+def relearn_attack(model, tokenizer, records: Sequence[dict], cfg, *,
+                   config: RelearnAttackConfig = RelearnAttackConfig()) -> dict:
+    """Fine-tune on some forget people, measure the others before and after.
+
+    Returns:
+      ``{metric: {"before", "after"}}`` for the QA keys of ``suite.FORGET_KEYS`` on the
+      held-back records, and ``info`` (records used, first and last training loss).
+    """
+    train, rest = relearn_split(list(records), config.fraction, config.seed)
+    before = evaluate_forget(model, tokenizer, rest, cfg)
+    relearned, step_losses = finetune_nll(model, tokenizer, train, config)
+    after = evaluate_forget(relearned, tokenizer, rest, cfg)
+    out: dict = _before_after(before, after)
+    out["info"] = {"train_records": len(train), "eval_records": len(rest),
+                   "steps": config.steps, "loss_first": step_losses[0],
+                   "loss_last": step_losses[-1]}
+    return out
+
+
+def run_attacks(model, tokenizer, benchmark, cfg, *, bits: Sequence[int] = (8, 4),
+                relearn: RelearnAttackConfig | None = RelearnAttackConfig(),
+                before: Mapping | None = None) -> dict:
+    """Both attacks on the forget split of ``benchmark`` (capped as ``evaluate_model``).
+
+    ``before``: the model's ``evaluate_model`` result, reused as the unquantised
+    numbers. ``relearn=None`` skips re-learning. Returns
+    ``{"quantize_8bit": ..., "quantize_4bit": ..., "relearn": ...}``.
+    """
+    options = _options(cfg)
+    data = benchmark_splits(benchmark, options)
+    records = subset(data["forget"], options.max_records)
+    out = quantization_attack(model, tokenizer, records, options, bits=bits,
+                              canaries=data.get("canaries"), before=before)
+    if relearn is not None:
+        out["relearn"] = relearn_attack(model, tokenizer, records, options, config=relearn)
+    return out
