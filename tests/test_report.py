@@ -1,0 +1,133 @@
+"""report.md tables, PNG figures, atomic writes, eval.json re-rendering, env info."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+
+from jaxunlearn import report
+from jaxunlearn.errors import UserError
+from jaxunlearn.train.mesh import make_mesh
+
+
+def _model(seed: int, *, fq: float | None, attacks: bool = True) -> dict:
+    rng = np.random.default_rng(seed)
+    m = {"forget_quality": fq, "model_utility": float(rng.uniform(0.2, 0.6)),
+         "forget_rouge": float(rng.uniform()), "forget_prob": float(rng.uniform()),
+         "forget_truth_ratio": float(rng.uniform()), "retain_rouge": float(rng.uniform()),
+         "retain_prob": float(rng.uniform()), "mia_min_k_auc": float(rng.uniform()),
+         "privleak": float(rng.normal(0, 20)), "canary_forget_ma": float(rng.uniform()),
+         "kfr": 0.5, "krr": 0.75,
+         "canaries": {split: {str(r): {"count": 2.0, "ma": float(rng.uniform())}
+                              for r in reps}
+                      for split, reps in (("forget", (1, 4, 16)), ("retain", (1, 4, 16)),
+                                          ("heldout", (0,)))},
+         "distributions": {f"{s}_{k}": rng.uniform(0.01, 2, 30).tolist()
+                           for s in ("forget", "retain") for k in ("prob", "truth_ratio")},
+         "samples": [{"question": "Who | is Ada?", "answer": "Ada is a pilot.",
+                      "generation": "Ada\nis a baker."}]}
+    if attacks:
+        m["attacks"] = {"quantize_4bit": {"forget_rouge": {"before": 0.1, "after": 0.4},
+                                          "forget_prob": {"before": 0.2, "after": 0.3}},
+                        "relearn": {"forget_rouge": {"before": 0.1, "after": 0.55},
+                                    "info": {"steps": 20}}}
+    return m
+
+
+@pytest.fixture
+def evaluation():
+    return {"config": {"data": {"benchmark": "runs/benchmark", "forget": "forget10"},
+                       "seed": 0},
+            "env": report.env_info(None),
+            "models": {"npo": _model(2, fq=0.03), "retain": _model(1, fq=1.0, attacks=False),
+                       "target": _model(0, fq=1e-12), "grad_ascent": _model(3, fq=0.0)}}
+
+
+def _summary_rows(text: str) -> dict[str, list[str]]:
+    section = text.split("## Summary")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    return {r.split(" | ")[0][2:]: r.strip("| ").split(" | ") for r in rows}
+
+
+def test_report_has_a_row_per_model_and_valid_figures(tmp_path, evaluation):
+    path = report.write_report(evaluation, tmp_path)
+    text = path.read_text()
+    rows = _summary_rows(text)
+    assert list(rows) == ["target", "retain", "npo", "grad_ascent"]  # target, retain first
+    header = [c[0] for c in report.SUMMARY_COLUMNS]
+    npo = evaluation["models"]["npo"]
+    for (title, key, kind), cell in zip(report.SUMMARY_COLUMNS, rows["npo"][1:]):
+        assert cell == report._fmt(npo[key], kind), title
+    assert rows["npo"][1] == "3.00e-02" and len(rows["npo"]) == len(header) + 2
+    assert rows["npo"][-1] == "4-bit 0.100→0.400; relearn 0.100→0.550"
+    assert rows["retain"][-1] == "–"
+    assert "| npo | 4-bit | forget_rouge: 0.100→0.400; forget_prob: 0.200→0.300 |" in text
+    assert "Who \\| is Ada?" in text and "Ada is a baker." in text  # cells stay one line
+    for name in report.FIGURES:
+        assert f"]({name})" in text
+        img = mpimg.imread(tmp_path / name)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+        assert img.std() > 0  # something was drawn
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["report.md", *report.FIGURES])
+
+
+def test_partial_results_render_with_dashes(tmp_path):
+    data = {"models": {"target": {"forget_quality": None, "model_utility": 0.4},
+                       "x": {"model_utility": float("nan")}}}
+    text = report.write_report(data, tmp_path).read_text()
+    rows = _summary_rows(text)
+    assert rows["target"][1] == "–" and rows["target"][2] == "0.400"
+    assert rows["x"][2] == "–"
+    assert "canaries.png" not in text and not (tmp_path / "canaries.png").exists()
+    assert (tmp_path / "methods.png").exists()
+
+
+def test_write_json_is_strict_and_atomic(tmp_path):
+    path = tmp_path / "eval.json"
+    report.write_json({"a": float("nan"), "b": np.float32(0.5), "c": np.arange(3),
+                       "d": {"e": math.inf}}, path)
+    data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert data == {"a": None, "b": 0.5, "c": [0, 1, 2], "d": {"e": None}}
+
+    def failing(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        report._atomic(path, failing)
+    assert json.loads(path.read_text())["b"] == 0.5  # the old file survives
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]  # no temp file left
+
+
+def test_main_report_rerenders_and_rejects_bad_files(tmp_path, evaluation, capsys):
+    path = report.write_json(evaluation, tmp_path / "eval.json")
+    assert report.main_report(path) == 0
+    assert "report.md" in capsys.readouterr().out
+    assert _summary_rows((tmp_path / "report.md").read_text()).keys() == {
+        "target", "retain", "npo", "grad_ascent"}
+    with pytest.raises(UserError, match="no such file"):
+        report.main_report(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match=f"{bad}: malformed JSON"):
+        report.main_report(bad)
+    bad.write_text(json.dumps({"models": {"npo": 3}}))
+    with pytest.raises(UserError, match="models.npo"):
+        report.main_report(bad)
+    bad.write_text(json.dumps({"config": {}}))
+    with pytest.raises(UserError, match="field 'models'"):
+        report.main_report(bad)
+
+
+def test_env_info_records_versions_devices_and_mesh():
+    env = report.env_info(make_mesh(2, 4))
+    assert env["versions"]["jax"] == jax.__version__
+    assert env["versions"]["numpy"] == np.__version__
+    assert {"flax", "optax", "transformers", "jaxunlearn", "python"} <= set(env["versions"])
+    assert env["devices"]["count"] == len(jax.devices())
+    assert env["devices"]["platform"] == jax.devices()[0].platform
+    assert env["mesh"] == {"data": 2, "fsdp": 4}
+    assert report.env_info(None)["mesh"] is None
