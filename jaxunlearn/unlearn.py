@@ -13,7 +13,9 @@ A gradient method (``jaxunlearn.methods``) runs in four stages:
 3. Cache what the method needs from the frozen target (see ``methods.CacheSpec``), in host
    memory, for the forget rows and for the retain rows the schedule will use. RKLD first
    fine-tunes a copy of the target on the forget answers (its *strengthened* model) and
-   caches the teacher built from both; that copy is dropped before the loop.
+   caches the teacher built from both; that copy is dropped before the loop. (Peak device
+   memory of that pre-stage: two weight copies plus one Adam state, as for any fine-tune
+   beside a frozen model; the teacher pass holds the two weight copies, inference only.)
 4. Run ``train.loop.run_loop`` over the paired batches with the method's objective:
    progress bar (loss, forget/retain answer probability), checkpoints, resume, NaN guard.
 
