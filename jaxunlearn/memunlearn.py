@@ -153,7 +153,8 @@ def ascent_loss_fn(graphdef, objective: str, beta: float = 0.1, delta: float = 0
     * ``npo``: ``weighted(npo(l_b, ref_b, beta), w_b)``; ``simnpo``:
       ``weighted(simnpo(l_b, n_b, beta, delta), w_b)``.
 
-    Metrics: ``forget_nll`` (weighted token NLL), ``selected`` (rows with ``w_b > 0``).
+    Metrics: ``forget_nll`` (weighted token NLL), ``selected`` (rows with ``w_b > 0``),
+    ``forget_prob`` (``methods.answer_prob`` of every row, for progress displays).
     """
 
     def per_sequence(fn, *xs):
@@ -174,7 +175,8 @@ def ascent_loss_fn(graphdef, objective: str, beta: float = 0.1, delta: float = 0
             loss = losses.weighted(per_sequence(
                 lambda a, n: losses.simnpo(a, n, beta, delta), logp, count), w)
         nll = jax.lax.stop_gradient(losses.weighted(-logp / jnp.maximum(count, 1.0), count * w))
-        return loss, {"forget_nll": nll, "selected": jnp.sum(w > 0).astype(jnp.float32)}
+        return loss, {"forget_nll": nll, "selected": jnp.sum(w > 0).astype(jnp.float32),
+                      "forget_prob": jax.lax.stop_gradient(methods.answer_prob(logits, b))}
 
     return loss_fn
 
@@ -185,9 +187,11 @@ def descent_loss_fn(graphdef):
     def loss_fn(params, batch, key):
         del key
         b = batch["batch"]
-        nll = losses.token_nll(_forget_logits(graphdef, params, b), b.labels, b.loss_mask)
+        logits = _forget_logits(graphdef, params, b)
+        nll = losses.token_nll(logits, b.labels, b.loss_mask)
         return nll, {"forget_nll": jax.lax.stop_gradient(nll),
-                     "selected": jnp.asarray(b.loss_mask.shape[0], jnp.float32)}
+                     "selected": jnp.asarray(b.loss_mask.shape[0], jnp.float32),
+                     "forget_prob": jax.lax.stop_gradient(methods.answer_prob(logits, b))}
 
     return loss_fn
 

@@ -126,6 +126,8 @@ def test_unselected_rows_contribute_exactly_zero_gradient(tiny_random):
     sel = b.loss_mask * w[:, None]
     np.testing.assert_allclose(float(loss), (lp * sel).sum() / sel.sum(), rtol=1e-5)
     assert float(aux["selected"]) == 2.0
+    per_token = np.exp((lp * b.loss_mask).sum(-1) / b.loss_mask.sum(-1))  # every row
+    np.testing.assert_allclose(float(aux["forget_prob"]), per_token.mean(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("objective", ["npo", "simnpo"])
