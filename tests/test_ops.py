@@ -160,7 +160,9 @@ def test_bfloat16_inputs_close_to_float32():
     np.testing.assert_allclose(np.asarray(bf), np.asarray(f32), rtol=2e-2, atol=0.1)
     g = jax.grad(lambda h: ops.token_nll_from_hidden(h, jnp.asarray(head, jnp.bfloat16), labels,
                                                      mask))(jnp.asarray(hidden, jnp.bfloat16))
+    g32 = jax.grad(lambda h: ops.token_nll_from_hidden(h, head, labels, mask))(hidden)
     assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(g32), rtol=0.05, atol=2e-3)
 
 
 def test_bad_inputs_name_the_field():
