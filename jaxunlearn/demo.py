@@ -43,9 +43,10 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
     "newton": {"method": {}, "train": {}},
     "fisher_removal": {"method": {}, "train": {}},
     "fisher_forgetting": {"method": {}, "train": {}},
-    "sga": {"method": {}, "train": {}},
-    "tau": {"method": {}, "train": {}},
-    "relearn": {"method": {}, "train": {"epochs": 3}},
+    # SGA/TAU stop once forget MA reaches the never-seen level; epochs is only a cap.
+    "sga": {"method": {}, "train": {"epochs": 30, "batch_size": 8}},
+    "tau": {"method": {}, "train": {"epochs": 30, "batch_size": 8}},
+    "relearn": {"method": {}, "train": {"epochs": 5, "optimizer": {"learning_rate": 1e-3}}},
 }
 DEMO_TRAIN = {"batch_size": 16, "optimizer": {"learning_rate": 3e-4, "warmup_steps": 2,
                                               "schedule": "constant", "weight_decay": 0.0,
@@ -153,7 +154,8 @@ def run_demo(cfg: RunConfig, methods_subset: Sequence[str] | None = None) -> int
         t = time.perf_counter()
         res = unlearn.unlearn_model(target, tokenizer, forget, retain, method, train, mesh=mesh,
                                     seed=cfg.seed, max_len=cfg.data.max_len,
-                                    truncate=cfg.data.truncate)
+                                    truncate=cfg.data.truncate,
+                                    never_seen_records=bench.splits.get("holdout", ()))
         seconds = time.perf_counter() - t
         timings[f"unlearn_{method.name}"] = seconds
         hist = res.history

@@ -345,6 +345,9 @@ class UnlearnContext:
     seed: int = 0
     max_len: int = 256
     truncate: bool = False
+    # Sequences of the forget set's kind that the target never saw (holdout people,
+    # heldout canaries): memorisation-aware methods stop at their memorisation level.
+    never_seen_records: tuple[Mapping, ...] = ()
     on_step: Callable[[int, int, Mapping[str, float]], None] | None = None
 
 

@@ -301,7 +301,8 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
                   retain_records: Sequence[Mapping], method_cfg, train_cfg, *, mesh=None,
                   seed: int = 0, max_len: int = 256, truncate: bool = False,
                   checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
-                  fingerprint: str = "", progress: bool = False) -> methods.UnlearnResult:
+                  fingerprint: str = "", progress: bool = False,
+                  never_seen_records: Sequence[Mapping] = ()) -> methods.UnlearnResult:
     """Unlearn ``forget_records`` from ``model`` in-process (no disk round trip).
 
     Args:
@@ -312,6 +313,9 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
         updates, or ``epochs`` passes over the forget set.
       mesh: a ``("data", "fsdp")`` mesh (``train/mesh.py``) or None for one device.
       checkpoint_dir, resume, fingerprint: as ``train.loop.run_loop``.
+      never_seen_records: records of the forget set's kind the target never saw (holdout
+        people for QA, heldout canaries for canaries); procedure methods that stop at
+        the never-seen memorisation level (SGA, TAU) measure it on them.
     Returns:
       ``UnlearnResult(model, history)``: one record per update with ``loss``, ``grad_norm``,
       ``forget_loss``, ``retain_loss``, ``forget_prob``, ``retain_prob``.
@@ -323,7 +327,7 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
         return method.run(methods.UnlearnContext(
             model=model, tokenizer=tokenizer, forget_records=tuple(forget_records),
             retain_records=tuple(retain_records), train=train_cfg, mesh=mesh, seed=seed,
-            max_len=max_len, truncate=truncate))
+            max_len=max_len, truncate=truncate, never_seen_records=tuple(never_seen_records)))
     model_config = model.config
     method.check_model(model_config)
     data = prepare_data(tokenizer, forget_records, retain_records, method, max_len=max_len,
@@ -445,7 +449,14 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     print(f"unlearning {cfg.data.forget} ({len(forget)} records, retain {len(retain)}) from "
           f"{path} with {method.name}", file=sys.stderr)
     t0 = time.perf_counter()
+    never_seen = ()
+    if isinstance(method, methods.ProcedureMethod):
+        try:  # the holdout people: never trained on, same kind of records as the forget set
+            never_seen = tofu.load_split(bench, "holdout")
+        except tofu.DataError:
+            never_seen = ()
     result = unlearn_model(model, tokenizer, forget, retain, method, cfg.train, mesh=mesh,
+                           never_seen_records=never_seen,
                            seed=cfg.seed, max_len=cfg.data.max_len, truncate=cfg.data.truncate,
                            checkpoint_dir=ckpt_dir, resume=resume, fingerprint=fingerprint,
                            progress=progress)
