@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {"preset": "small"},
     "data": {"benchmark": "runs/demo/benchmark", "forget": "forget10", "people": 100,
              "max_len": 128},
-    "eval": {"fast": True, "max_records": 100, "max_new_tokens": 48, "batch_size": 64},
+    "eval": {"fast": True, "max_records": 100, "max_new_tokens": 32, "batch_size": 64},
 }
 
 # Per-method hyper-parameters and unlearning schedule for the demo's small model: the

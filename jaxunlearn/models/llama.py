@@ -151,7 +151,10 @@ class LlamaConfig:
             num_layers=hf["num_hidden_layers"],
             num_heads=hf["num_attention_heads"],
             num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            head_dim=hf.get("head_dim"),
+            # Canonical form: None when it is the default, so a saved and reloaded model
+            # has the same (hashable) config and reuses compiled code.
+            head_dim=(None if hf.get("head_dim") in (None, hf["hidden_size"] // hf["num_attention_heads"])
+                      else hf["head_dim"]),
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope_theta),
             rope_scaling=rope_scaling,
