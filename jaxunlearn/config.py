@@ -65,7 +65,11 @@ class DataConfig:
     benchmark: str = "runs/benchmark"
     forget: str = "forget10"
     retain: str | None = None  # None: the retain split matching ``forget`` (forget10 -> retain90)
-    people: int = 100
+    # Size of the generated synthetic benchmark (passed to SyntheticConfig).
+    people: int = 20
+    qa_per_person: int = 10
+    num_world_facts: int = 50
+    canaries_per_repetition: int = 1
     generate_seed: int = 0
     max_len: int = 256
     truncate: bool = False
@@ -76,6 +80,9 @@ class DataConfig:
             raise ConfigError(f"data.max_len must be >= 8, got {self.max_len}")
         if self.people < 10:
             raise ConfigError(f"data.people must be >= 10, got {self.people}")
+        for name in ("qa_per_person", "num_world_facts", "canaries_per_repetition"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         for field in ("forget", "retain"):
             # Split names become file names (<benchmark>/<split>.json): one plain component.
             if getattr(self, field) is not None:

@@ -22,8 +22,14 @@ DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/demo",
     "seed": 0,
     "model": {"preset": "small"},
-    "data": {"benchmark": "runs/demo/benchmark", "forget": "forget10", "people": 100,
-             "max_len": 128},
+    # Sized so target + retain train in about 4 minutes on 2 CPU cores
+    # (experiments/train_small.yaml has the measured figures).
+    "data": {"benchmark": "runs/demo/benchmark", "forget": "forget10", "people": 20,
+             "qa_per_person": 10, "num_world_facts": 50, "canaries_per_repetition": 1,
+             "max_len": 256},
+    "train": {"epochs": 15, "batch_size": 16,
+              "optimizer": {"learning_rate": 3e-3, "warmup_steps": 20, "schedule": "cosine",
+                            "weight_decay": 0.01, "clip_norm": 1.0}},
     "eval": {"fast": True, "max_records": 100, "max_new_tokens": 32, "batch_size": 64},
 }
 
