@@ -328,10 +328,19 @@ def test_keep_last_n_and_sidecar_contents(tmp_path):
 
 
 def test_choose_lengths_hand_worked():
-    # {32, 112}: 32 + 32 + 32 + 112 = 208 padded tokens, fewer than any other pair.
-    assert loop.choose_lengths([10, 12, 30, 100], max_shapes=2) == (32, 112)
-    assert loop.choose_lengths([10, 12, 30, 100], max_shapes=1) == (112,)
-    assert loop.choose_lengths([5, 5], max_shapes=3) == (16,)
+    lengths = [10, 12, 30, 100]
+    # Without a compilation cost {32, 112} pads to 32 + 32 + 32 + 112 = 208 tokens, fewer
+    # than any other pair; {112} alone pads to 448.
+    assert loop.choose_lengths(lengths, compile_tokens=0, max_shapes=2) == (32, 112)
+    assert loop.choose_lengths(lengths, compile_tokens=0, max_shapes=1) == (112,)
+    # 208 + 2 * 100 < 448 + 100, but 208 + 2 * 300 > 448 + 300.
+    assert loop.choose_lengths(lengths, compile_tokens=100) == (32, 112)
+    assert loop.choose_lengths(lengths, compile_tokens=300) == (112,)
+    # Ten epochs of padding outweigh the compilation: 10 * 208 + 600 < 10 * 448 + 300.
+    assert loop.choose_lengths(lengths, compile_tokens=300, epochs=10, max_shapes=2) == (32, 112)
+    # A third shape {16, 32, 112}: 10 * 176 + 900 = 2660 < 2680.
+    assert loop.choose_lengths(lengths, compile_tokens=300, epochs=10) == (16, 32, 112)
+    assert loop.choose_lengths([5, 5]) == (16,)
 
 
 def test_grouped_source_is_deterministic_and_covers_every_sequence():

@@ -86,10 +86,17 @@ def _leaf_specs(leaves: Sequence[Any]) -> list[tuple[tuple[int, ...], str]]:
     return [(tuple(int(d) for d in x.shape), str(np.dtype(x.dtype))) for x in leaves]
 
 
+@jax.jit
+def _finite_flags(leaves):
+    return jnp.stack([jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact)
+                      else jnp.bool_(True) for x in leaves])
+
+
 def _check_finite(leaves: Sequence[jax.Array], names: Sequence[str], where: Path) -> None:
-    for name, x in zip(names, leaves):
-        if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(x))):
-            raise CheckpointError(f"{where}: refusing to save non-finite values ({name})")
+    flags = np.asarray(_finite_flags(list(leaves)))  # one compiled check for the whole state
+    if not flags.all():
+        raise CheckpointError(f"{where}: refusing to save non-finite values "
+                              f"({names[int(np.argmin(flags))]})")
 
 
 def _fsync(path: Path) -> None:

