@@ -31,14 +31,15 @@ def _answer_nll(model_dir, records) -> float:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_models")
-    # A tiny benchmark with the seed and people count the config names, so train_model
-    # adopts it instead of generating the full-size default.
+    # A tiny benchmark (two canary counts only) with the sizes the config names, so
+    # train_model adopts it instead of generating one.
     bench = synthetic.generate(synthetic.SyntheticConfig(
         num_people=10, qa_per_person=4, num_world_facts=8, canary_repetitions=(1, 8),
         canaries_per_repetition=1, seed=0))
     synthetic.write_benchmark(bench, root / "bench")
     cfg = load_config(None, [
         f"data.benchmark={root / 'bench'}", "data.people=10", "data.forget=forget10",
+        "data.qa_per_person=4", "data.num_world_facts=8", "data.canaries_per_repetition=1",
         "model=tiny", f"output_dir={root / 'out'}", "train.epochs=25", "train.batch_size=8",
         "train.optimizer.learning_rate=0.01", "train.optimizer.warmup_steps=5",
         "eval.max_new_tokens=24", "eval.batch_size=16"])
@@ -87,5 +88,9 @@ def test_benchmark_of_other_settings_is_refused(trained):
                                "model=tiny", f"output_dir={cfg.output_dir}"])
     with pytest.raises(UserError, match="num_people=10.*12"):
         loop.train_model(other, "target", progress=False)
+    fewer = load_config(None, [f"data.benchmark={cfg.data.benchmark}", "data.people=10",
+                               "data.qa_per_person=3", "model=tiny"])
+    with pytest.raises(UserError, match="qa_per_person=4.*3"):
+        loop.train_model(fewer, "target", progress=False)
     with pytest.raises(UserError, match="which"):
         loop.train_model(cfg, "gold", progress=False)

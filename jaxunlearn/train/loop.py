@@ -502,8 +502,10 @@ def model_fingerprint(cfg, which: str, benchmark: Path, tokenizer) -> str:
     import json
 
     d = cfg.to_dict()
+    # The benchmark's content (its manifest hash) stands for where and how it was made.
     data = {k: v for k, v in d["data"].items()
-            if k not in ("benchmark", "people", "generate_seed")}
+            if k not in ("benchmark", "people", "generate_seed", "qa_per_person",
+                         "num_world_facts", "canaries_per_repetition")}
     if which == "target":  # the target does not depend on which split is forgotten later
         data.pop("forget"), data.pop("retain")
     train = {k: v for k, v in d["train"].items()
