@@ -131,7 +131,8 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, meta: Check
     Returns:
       The checkpoint's directory.
     """
-    directory = Path(directory)
+    # orbax (tensorstore) refuses relative paths; users naturally give relative output dirs.
+    directory = Path(directory).absolute()
     if keep is not None and keep < 1:
         raise CheckpointError(f"keep must be >= 1 or None, got {keep}")
     final = step_dir(directory, meta.step)
@@ -267,7 +268,7 @@ def restore_checkpoint(path: str | os.PathLike, target: TrainState, *,
     Raises:
       CheckpointError: missing or partial directory, other config or model shape.
     """
-    path = Path(path)
+    path = Path(path).absolute()  # orbax refuses relative paths
     meta, raw = read_meta(path)
     if fingerprint is not None and meta.fingerprint != fingerprint:
         raise CheckpointError(f"{path}: written by another run configuration (fingerprint "
