@@ -94,3 +94,26 @@ def test_benchmark_of_other_settings_is_refused(trained):
         loop.train_model(fewer, "target", progress=False)
     with pytest.raises(UserError, match="which"):
         loop.train_model(cfg, "gold", progress=False)
+
+
+def test_model_path_that_does_not_fit_is_refused(trained, tmp_path):
+    from flax import nnx
+
+    from jaxunlearn.models import Llama, save_pretrained
+    from jaxunlearn.models.presets import tiny
+    from jaxunlearn.validate import ValidationError
+
+    cfg, _, root, target, _ = trained
+    tok = load_tokenizer(target)
+    small_vocab = tiny(vocab_size=256)
+    save_pretrained(Llama(small_vocab, rngs=nnx.Rngs(0)), small_vocab, tmp_path / "v256")
+    short = tiny(vocab_size=len(tok)).replace(max_position_embeddings=16)
+    save_pretrained(Llama(short, rngs=nnx.Rngs(0)), short, tmp_path / "ctx16", tokenizer=tok)
+    base = [f"data.benchmark={root / 'bench'}", "data.people=10", "data.qa_per_person=4",
+            "data.num_world_facts=8", "data.canaries_per_repetition=1",
+            f"output_dir={tmp_path / 'out'}"]
+    with pytest.raises(ValidationError, match=f"v256: tokenizer has {len(tok)} tokens"):
+        loop.train_model(load_config(None, base + [f"model={tmp_path / 'v256'}",
+                                                   f"data.tokenizer={target}"]), "target")
+    with pytest.raises(ValidationError, match="of .* longer than the model's context of 16"):
+        loop.train_model(load_config(None, base + [f"model={tmp_path / 'ctx16'}"]), "target")

@@ -23,6 +23,7 @@ the benchmark and measures what they learnt.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 import sys
 import threading
@@ -383,11 +384,14 @@ def build_model(cfg, tokenizer):
 
     from jaxunlearn.models import Llama, load_pretrained
     from jaxunlearn.models.presets import get_preset
+    from jaxunlearn.validate import check_vocab
 
     spec = cfg.model
     if spec.path:
-        model, config = load_pretrained(model_path(cfg), dtype=spec.dtype,
-                                        param_dtype=spec.param_dtype)
+        path = model_path(cfg)
+        model, config = load_pretrained(path, dtype=spec.dtype, param_dtype=spec.param_dtype)
+        # Token ids past the embedding would be clamped or NaN silently in a gather.
+        check_vocab(tokenizer, config, where=str(path))
         if spec.remat != config.remat:
             config = config.replace(remat=spec.remat)
             abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
@@ -403,11 +407,22 @@ def build_model(cfg, tokenizer):
                             pad_token_id=tokenizer.pad_token_id)
     except ValueError as e:
         raise UserError(f"model.preset: {e}") from None
-    if config.max_position_embeddings < cfg.data.max_len:
-        raise UserError(f"data.max_len={cfg.data.max_len} exceeds the model's "
-                        f"max_position_embeddings={config.max_position_embeddings}")
-    # Initialised under jit: one compilation instead of one per parameter shape.
-    return nnx.jit(lambda: Llama(config, rngs=nnx.Rngs(params=cfg.seed)))(), config
+    return _init_model(config, cfg.seed), config
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_init(config):
+    from flax import nnx
+
+    from jaxunlearn.models import Llama
+
+    # Under jit: one compilation instead of one per parameter shape, and (cached per
+    # config) one for the target and the retain model together.
+    return nnx.jit(lambda key: Llama(config, rngs=nnx.Rngs(params=key)))
+
+
+def _init_model(config, seed: int):
+    return _jitted_init(config)(jax.random.key(seed))
 
 
 def encode_documents(tokenizer, items, *, max_len: int, truncate: bool):
@@ -692,6 +707,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     from jaxunlearn.data import synthetic
     from jaxunlearn.models import load_pretrained, load_tokenizer, save_pretrained
     from jaxunlearn.train import step as step_lib
+    from jaxunlearn.validate import check_context
 
     if which not in ("target", "retain"):
         raise UserError(f"which must be 'target' or 'retain', got {which!r}")
@@ -713,6 +729,8 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     items = synthetic.training_documents(bench, which, forget_split=cfg.data.forget)
     encoded = encode_documents(tokenizer, items, max_len=cfg.data.max_len,
                                truncate=cfg.data.truncate)
+    # RoPE would extrapolate past the model's positions without a word.
+    check_context([e.length for e in encoded], config, what=f"{which} training sequences")
     t = cfg.train
     rows = t.batch_size * t.grad_accum
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
