@@ -22,9 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/demo",
     "seed": 0,
     "model": {"preset": "small"},
-    # Sized so target + retain train in about 4 minutes on 2 CPU cores
-    # (experiments/train_small.yaml has the measured figures).
-    "data": {"benchmark": "runs/demo/benchmark", "forget": "forget10", "people": 20,
+    # 30 people: forget10 = 3 people (30 answers), enough for the KS test to separate the
+    # target from the retain model; training schedule from experiments/train_small.yaml.
+    "data": {"benchmark": "runs/demo/benchmark", "forget": "forget10", "people": 30,
              "qa_per_person": 10, "num_world_facts": 50, "canaries_per_repetition": 1,
              "max_len": 256},
     "train": {"epochs": 15, "batch_size": 16,
@@ -34,29 +34,29 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Per-method hyper-parameters and unlearning schedule for the demo's small model: the
-# papers' objectives, with step sizes chosen for a 3M-parameter model trained from
+# papers' objectives, with step sizes chosen for a 0.66M-parameter model trained from
 # scratch (papers tune for 1B-7B models at lr 1e-5). ``train`` overrides TrainConfig.
 DEMO_METHODS: dict[str, dict[str, Any]] = {
-    "grad_ascent": {"method": {}, "train": {"epochs": 2}},
-    "grad_diff": {"method": {}, "train": {"epochs": 3}},
-    "npo": {"method": {}, "train": {"epochs": 4}},
-    "simnpo": {"method": {}, "train": {"epochs": 4}},
-    "idk_dpo": {"method": {}, "train": {"epochs": 4}},
-    "rmu": {"method": {}, "train": {"epochs": 4}},
-    "undial": {"method": {}, "train": {"epochs": 4}},
-    "wga": {"method": {}, "train": {"epochs": 4}},
-    "rkld": {"method": {}, "train": {"epochs": 4}},
+    "grad_ascent": {"method": {}, "train": {"epochs": 3}},
+    "grad_diff": {"method": {}, "train": {"epochs": 8}},
+    "npo": {"method": {}, "train": {"epochs": 8}},
+    "simnpo": {"method": {}, "train": {"epochs": 8}},
+    "idk_dpo": {"method": {}, "train": {"epochs": 8}},
+    "rmu": {"method": {}, "train": {"epochs": 8}},
+    "undial": {"method": {}, "train": {"epochs": 8}},
+    "wga": {"method": {}, "train": {"epochs": 8}},
+    "rkld": {"method": {}, "train": {"epochs": 8}},
     "newton": {"method": {}, "train": {}},
     "fisher_removal": {"method": {}, "train": {}},
     "fisher_forgetting": {"method": {}, "train": {}},
     # SGA/TAU stop once forget MA reaches the never-seen level; epochs is only a cap.
-    "sga": {"method": {}, "train": {"epochs": 30, "batch_size": 8}},
-    "tau": {"method": {}, "train": {"epochs": 30, "batch_size": 8}},
-    "relearn": {"method": {}, "train": {"epochs": 5, "optimizer": {"learning_rate": 1e-3}}},
+    "sga": {"method": {}, "train": {"epochs": 30}},
+    "tau": {"method": {}, "train": {"epochs": 30}},
+    "relearn": {"method": {}, "train": {"epochs": 5}},
 }
-DEMO_TRAIN = {"batch_size": 16, "optimizer": {"learning_rate": 3e-4, "warmup_steps": 2,
-                                              "schedule": "constant", "weight_decay": 0.0,
-                                              "clip_norm": 1.0}}
+DEMO_TRAIN = {"batch_size": 8, "optimizer": {"learning_rate": 1e-3, "warmup_steps": 2,
+                                             "schedule": "constant", "weight_decay": 0.0,
+                                             "clip_norm": 1.0}}
 
 
 def _merge(dst: dict, src: Mapping) -> dict:
