@@ -122,6 +122,13 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _start_distributed(cfg) -> None:
+    """Multi-host runs (``distributed=true``) join the job before any device is touched."""
+    from jaxunlearn.train.mesh import maybe_initialize_distributed
+
+    maybe_initialize_distributed(cfg.distributed)
+
+
 def _dispatch(args) -> int:
     from jaxunlearn.config import load_config
 
@@ -143,9 +150,11 @@ def _dispatch(args) -> int:
         from jaxunlearn import demo
 
         cfg = load_config(args.config, args.overrides, base=demo.DEFAULTS)
+        _start_distributed(cfg)
         subset = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
         return demo.run_demo(cfg, subset)
     cfg = load_config(args.config, args.overrides)
+    _start_distributed(cfg)
     if args.command == "train":
         from jaxunlearn.train import loop
 
