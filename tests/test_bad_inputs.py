@@ -270,7 +270,7 @@ def sequences_longer_than_max_len(w, ws):
     return unlearn(w, ws, "data.max_len=12"), ("max_len=12", " of ", "sequences", "longer")
 
 
-# Until the check exists these runs go through: train.steps=0 keeps that short.
+# Without its check a run goes through: train.steps=0 keeps that short.
 @case
 def sequences_longer_than_model_context(w, ws):
     return (unlearn(w, ws, "train.steps=0", model=w.model_short_context),
@@ -284,12 +284,9 @@ def tokenizer_larger_than_model_vocab(w, ws):
 
 
 XFAIL["sequences_longer_than_model_context"] = (
-    "unlearn/train never compare sequence lengths with max_position_embeddings of a model "
-    "loaded from model.path (RoPE extrapolates silently); needs validate.check_context in "
-    "unlearn.run_unlearning and train.loop.build_model")
-XFAIL["tokenizer_larger_than_model_vocab"] = (
-    "no check that the tokenizer fits the model's embedding (gathers clamp/NaN silently); "
-    "needs validate.check_vocab after loading model and tokenizer in unlearn/train/eval")
+    "unlearn.run_unlearning never compares the encoded forget/retain lengths with the "
+    "model's max_position_embeddings (RoPE extrapolates silently); needs "
+    "validate.check_context after prepare_data, as train.loop.train_model does")
 
 
 # --- method and hyper-parameters
