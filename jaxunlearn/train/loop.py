@@ -687,6 +687,15 @@ def model_dir(cfg, which: str) -> Path:
     return _paths(cfg, which, bench, resolve_tokenizer(cfg, bench))[0]
 
 
+def provenance(cfg, mesh=None) -> dict:
+    """What every output records: the run config (seed included), versions, devices, mesh."""
+    from jaxunlearn.report import env_info
+
+    if mesh is None:
+        mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    return {"config": cfg.to_dict(), "env": env_info(mesh)}
+
+
 def train_model(cfg, which: str = "target", resume: bool = False, *,
                 progress: bool = True) -> Path:
     """Trains the target (``which="target"``: every trained person, world facts, all trained
@@ -722,7 +731,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
         if not (out / QUALITY_FILE).is_file():
             model, _ = load_pretrained(out)
             q = model_quality(model, load_tokenizer(out), bench, **quality_kw)
-            _write_json_atomic(out / QUALITY_FILE, {"which": which, **q})
+            _write_json_atomic(out / QUALITY_FILE, {"which": which, **q, **provenance(cfg)})
         return out
 
     model, config = build_model(cfg, tokenizer)
@@ -771,7 +780,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
         "which": which, "updates": total, "train_seconds": round(seconds, 2),
         "resumed_from": result.start_step,
         "last_epoch_loss": float(np.mean(losses)) if losses else float("nan"),
-        "documents": len(items), **q})
+        "documents": len(items), **q, **provenance(cfg, mesh)})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     print(_format_quality(which, out, q))
     return out

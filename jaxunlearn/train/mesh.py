@@ -16,6 +16,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxunlearn.errors import UserError
+
 MESH_AXES = ("data", "fsdp")
 
 # Logical parameter axis -> mesh axis. FSDP shards every weight along the model
@@ -30,7 +32,7 @@ LOGICAL_TO_MESH: dict[str, str | None] = {
 }
 
 
-class MeshError(ValueError):
+class MeshError(UserError):
     """A mesh that does not fit the devices or the batch."""
 
 
