@@ -1,0 +1,212 @@
+"""Shared pieces of the benchmark scripts: model shapes, synthetic unlearning batches,
+the NPO objectives, FLOP counts and timing statistics.
+
+Nothing here prints; each script reports its own figures and ends with its headline.
+Axes: B batch (forget rows; each paired with one retain row), T positions, D width,
+F ffn width, L layers, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+
+def cpu_threads() -> int:
+    """Cores this process may run on (what XLA's CPU client sizes its thread pool by)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def machine_line() -> str:
+    """``date | host CPU | cores`` for RESULTS.md."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} | {cpu} | "
+            f"{cpu_threads()} cores | load average {load:.1f} at start")
+
+
+# ------------------------------------------------------------------------------ model and data
+
+
+def add_model_flags(parser, *, layers=12, hidden=512, ffn=1536, heads=8, kv_heads=4,
+                    vocab=32000, seq=256, batch=8) -> None:
+    g = parser.add_argument_group("model and batch")
+    g.add_argument("--layers", type=int, default=layers)
+    g.add_argument("--hidden", type=int, default=hidden, help="model width D")
+    g.add_argument("--ffn", type=int, default=ffn, help="MLP width F (Llama: 8/3 D rounded up to 256)")
+    g.add_argument("--heads", type=int, default=heads)
+    g.add_argument("--kv-heads", type=int, default=kv_heads)
+    g.add_argument("--vocab", type=int, default=vocab)
+    g.add_argument("--tie", action="store_true", help="tie the LM head to the embedding")
+    g.add_argument("--seq", type=int, default=seq, help="padded sequence length T")
+    g.add_argument("--batch", type=int, default=batch,
+                   help="forget rows per step; each is paired with one retain row, as "
+                        "train.batch_size in `jaxunlearn unlearn`")
+
+
+def model_config(args, **overrides):
+    from jaxunlearn.models import LlamaConfig
+
+    return LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.ffn,
+                       num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads,
+                       max_position_embeddings=max(args.seq, 2048), tie_word_embeddings=args.tie,
+                       **overrides)
+
+
+def synthetic_rows(rng: np.random.Generator, rows: int, seq: int, vocab: int) -> dict[str, np.ndarray]:
+    """Shifted QA-like rows ``[rows, seq]``: a prompt (loss 0), an answer (loss 1), right padding.
+
+    Prompt lengths are ``seq/8 .. seq/4``, total lengths ``seq/2 .. seq``: the padding and
+    answer-only masks a real unlearning batch has.
+    """
+    ids = rng.integers(3, vocab, size=(rows, seq + 1)).astype(np.int32)
+    lengths = rng.integers(seq // 2, seq + 1, size=rows)
+    prompts = rng.integers(max(seq // 8, 1), max(seq // 4, 2), size=rows)
+    pos = np.arange(seq)[None, :]
+    attention = (pos < lengths[:, None]).astype(np.int32)
+    loss_mask = ((pos >= prompts[:, None] - 1) & (pos < lengths[:, None] - 1)).astype(np.float32)
+    return {"input_ids": np.where(attention > 0, ids[:, :-1], 0).astype(np.int32),
+            "labels": np.where(loss_mask > 0, ids[:, 1:], 0).astype(np.int32),
+            "loss_mask": loss_mask, "attention_mask": attention}
+
+
+def as_batch(rows: dict[str, np.ndarray]):
+    from jaxunlearn.data.batch import Batch
+
+    return Batch(input_ids=rows["input_ids"], labels=rows["labels"],
+                 loss_mask=rows["loss_mask"], attention_mask=rows["attention_mask"])
+
+
+# ------------------------------------------------------------------------------ objectives
+
+
+def library_objective(graphdef, config, *, beta: float, alpha: float) -> Callable:
+    """``loss_fn(params, batch, key)`` of ``jaxunlearn unlearn method=npo`` (methods.NPO)."""
+    from jaxunlearn import methods
+
+    objective = methods.get_method({"name": "npo", "beta": beta, "alpha": alpha}).objective(
+        graphdef, config)
+
+    def loss_fn(params, batch, key):
+        del key
+        return objective(params, batch["forget"], batch["retain"], batch["cache"])
+
+    return loss_fn
+
+
+def fused_objective(graphdef, config, *, beta: float, alpha: float,
+                    chunk_size: int | None = None) -> Callable:
+    """The same NPO + alpha * retain-NLL loss with ``jaxunlearn.ops`` on the hidden states.
+
+    No ``[B, T, V]`` logits or log-softmax are formed: the label log-probs come from the
+    fused LM-head rule. Value and gradient equal :func:`library_objective`'s.
+    """
+    import jax
+    from flax import nnx
+
+    from jaxunlearn import losses, ops
+
+    def loss_fn(params, batch, key):
+        del key
+        model = nnx.merge(graphdef, params)
+        head = model.output_head()
+        f, r = batch["forget"]["answer"], batch["retain"]
+        h_f = model.hidden_states(f.input_ids, f.attention_mask)
+        logp = ops.sequence_logprob_from_hidden(h_f, head, f.labels, f.loss_mask,
+                                                chunk_size=chunk_size)
+        # Per-sequence NPO, then the (uniform) forget weights: methods.NPO.forget_term.
+        per_seq = jax.vmap(lambda a, r: losses.npo(a[None], r[None], beta))(
+            logp, batch["cache"]["ref_logp"]["answer"])
+        forget_loss = losses.weighted(per_seq, batch["cache"]["weight"])
+        h_r = model.hidden_states(r.input_ids, r.attention_mask)
+        retain_loss = ops.token_nll_from_hidden(h_r, head, r.labels, r.loss_mask,
+                                                chunk_size=chunk_size)
+        return forget_loss + alpha * retain_loss, {"forget_loss": forget_loss,
+                                                   "retain_loss": retain_loss}
+
+    return loss_fn
+
+
+def reference_logprobs(graphdef, params, rows) -> np.ndarray:
+    """The frozen target's per-sequence log-probs ``[B]`` (NPO's cached reference)."""
+    import jax
+    from flax import nnx
+
+    from jaxunlearn import losses
+
+    @jax.jit
+    def score(p, b):
+        logits = nnx.merge(graphdef, p)(b["input_ids"], b["attention_mask"])
+        return losses.sequence_logprob(logits, b["labels"], b["loss_mask"])
+
+    return np.asarray(score(params, rows))
+
+
+def unlearning_batch(forget: dict, retain: dict, ref_logp: np.ndarray) -> dict[str, Any]:
+    """The batch dict ``jaxunlearn.unlearn`` feeds the step: forget view, retain rows, cache."""
+    return {"forget": {"answer": as_batch(forget)}, "retain": as_batch(retain),
+            "cache": {"ref_logp": {"answer": np.asarray(ref_logp, np.float32)},
+                      "weight": np.ones(len(ref_logp), np.float32)}}
+
+
+# ------------------------------------------------------------------------------ FLOPs
+
+
+def matmul_params(config) -> int:
+    """Parameters that take part in a matmul per token (embedding lookup excluded)."""
+    D, F, H = config.hidden_size, config.intermediate_size, config.resolved_head_dim
+    N, K, V = config.num_heads, config.num_kv_heads, config.vocab_size
+    per_layer = D * N * H * 2 + D * K * H * 2 + 3 * D * F
+    return config.num_layers * per_layer + D * V
+
+
+def train_flops(config, batch_rows: int, seq: int, *, causal_half: bool = False) -> float:
+    """Model FLOPs of one forward + backward over ``batch_rows x seq`` tokens.
+
+    ``6 * N_matmul * tokens`` (PaLM appendix B / Chinchilla) plus attention
+    ``6 * 2 * L * B * T^2 * N * H`` (QK^T and PV, forward 2 FLOPs per MAC, backward twice);
+    ``causal_half`` halves the attention term (kernels that skip masked tiles count only
+    the lower triangle, as the MFU convention of FlashAttention papers).
+    """
+    tokens = batch_rows * seq
+    attn = 6 * 2 * config.num_layers * batch_rows * seq * seq * config.num_heads * config.resolved_head_dim
+    return 6.0 * matmul_params(config) * tokens + (attn / 2 if causal_half else attn)
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def block(x):
+    import jax
+
+    return jax.block_until_ready(x)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def summary(times: list[float]) -> str:
+    """``median (IQR q1-q3, n)`` in seconds."""
+    q = np.percentile(times, [25, 50, 75])
+    return f"median {q[1]:.3f} s (IQR {q[0]:.3f}-{q[2]:.3f}, n={len(times)})"
+
+
+def median(times: list[float]) -> float:
+    return statistics.median(times)

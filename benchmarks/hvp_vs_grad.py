@@ -1,0 +1,96 @@
+"""Exact Hessian-vector product vs gradient: ``secondorder.hvp`` time / ``jax.grad`` time.
+
+Both differentiate the same scalar, the NPO unlearning objective (NPO on forget rows +
+retain token NLL, cached reference log-probs) of the step benchmark's model and batch,
+with respect to all parameters; both are jitted and warm. The HVP is forward-over-reverse
+(``jax.jvp`` of ``jax.grad``), so the ideal ratio is about 2 (each matmul of the
+gradient gets a tangent matmul) plus the elementwise tangents; the target is <= 2.5.
+Calls are interleaved (grad, hvp, grad, ...) and the medians compared.
+
+    .venv/bin/python benchmarks/hvp_vs_grad.py                         # step benchmark's shapes
+    .venv/bin/python benchmarks/hvp_vs_grad.py --layers 4 --batch 2 --steps 5
+
+Last line: ``ratio hvp/grad <median hvp / median grad>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _common  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def main(argv=None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _common.add_model_flags(parser)
+    parser.add_argument("--objective", choices=("library", "fused"), default="library",
+                        help="library: methods.NPO on logits; fused: jaxunlearn.ops on hidden states")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+
+    import jax
+    from flax import nnx
+
+    from jaxunlearn.models import Llama
+    from jaxunlearn.secondorder import hvp
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    config = _common.model_config(args)
+    rng = np.random.default_rng(args.seed)
+    forget = _common.synthetic_rows(rng, args.batch, args.seq, args.vocab)
+    retain = _common.synthetic_rows(rng, args.batch, args.seq, args.vocab)
+    graphdef, params = nnx.split(Llama(config, rngs=nnx.Rngs(args.seed)), nnx.Param)
+    ref = _common.reference_logprobs(graphdef, params, forget)
+    batch = jax.device_put(_common.unlearning_batch(forget, retain, ref))
+    make = _common.library_objective if args.objective == "library" else _common.fused_objective
+    loss_fn = make(graphdef, config, beta=0.1, alpha=1.0)
+
+    def loss(p, b):
+        return loss_fn(p, b, None)[0]
+
+    grad = jax.jit(jax.grad(loss))
+    hvp_fn = jax.jit(lambda p, v, b: hvp(lambda q: loss(q, b), p, v))
+    keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(params))))
+    v = jax.tree.map(lambda x: 0.02 * jax.random.normal(next(keys), x.shape, x.dtype), params)
+
+    print(f"# {_common.machine_line()}")
+    print(f"# jax {jax.__version__} ({jax.devices()[0].platform}); objective {args.objective}; "
+          f"L={args.layers} D={args.hidden} F={args.ffn} V={args.vocab}, "
+          f"{config.num_params() / 1e6:.1f}M params, {args.batch}+{args.batch} rows x T={args.seq}")
+    first = {"grad": _common.timed(lambda: _common.block(grad(params, batch))),
+             "hvp": _common.timed(lambda: _common.block(hvp_fn(params, v, batch)))}
+    # Sanity: v.Hv of a random direction is finite (the HVP really ran on these weights).
+    vhv = sum(float(np.vdot(np.asarray(a), np.asarray(b)))
+              for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(hvp_fn(params, v, batch))))
+    if not np.isfinite(vhv):
+        raise SystemExit(f"v.Hv is not finite ({vhv}); the HVP is broken")
+    print(f"# v.Hv = {vhv:.4g} for a random v (|v_i| ~ 0.02)")
+
+    times = {"grad": [], "hvp": []}
+    calls = {"grad": lambda: _common.block(grad(params, batch)),
+             "hvp": lambda: _common.block(hvp_fn(params, v, batch))}
+    for r in range(args.warmup + args.steps):
+        order = ("grad", "hvp") if r % 2 == 0 else ("hvp", "grad")
+        for name in order:
+            dt = _common.timed(calls[name])
+            if r >= args.warmup:
+                times[name].append(dt)
+    for name in ("grad", "hvp"):
+        print(f"{name:5s} {_common.summary(times[name])}, first call {first[name]:.1f} s "
+              "(trace+compile+run)")
+    ratio = _common.median(times["hvp"]) / _common.median(times["grad"])
+    print(f"ratio hvp/grad {ratio:.2f}")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
