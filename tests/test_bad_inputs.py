@@ -159,7 +159,8 @@ def forget_truncated_jsonl(w, ws):
     b = bench_copy(w, ws)
     text = (b / "forget10.json").read_text()
     (b / "forget10.json").write_text(text[: len(text) - 40])  # cut inside the last record
-    return unlearn(w, ws, bench=b), ("forget10.json", "line 20", "truncated JSON")
+    last = len(text.splitlines())
+    return unlearn(w, ws, bench=b), ("forget10.json", f"line {last}", "truncated JSON")
 
 
 @case
