@@ -234,11 +234,6 @@ _OUTPUTS = {
     "quality.json": lambda r: r["target"] / "quality.json",
 }
 _MESH = {1: {"data": 1, "fsdp": 1}, 8: {"data": 2, "fsdp": 4}}
-    "unlearn.json": "unlearn.run_unlearning writes no config, seed, versions, devices or mesh "
-                    "(add 'config': cfg.to_dict(), 'env': report.env_info(mesh))",
-    "quality.json": "train.loop.train_model writes no config, seed, versions, devices or mesh "
-                    "(add 'config': cfg.to_dict(), 'env': report.env_info(mesh))",
-}
 
 
 @pytest.mark.parametrize("devices", [1, 8])

@@ -1,0 +1,236 @@
+"""Per-device memory of the NPO unlearning step for Llama-3.1-8B shapes, from XLA's compiler.
+
+Nothing is allocated: the state and batch are ``jax.ShapeDtypeStruct`` s with shardings,
+and ``jax.jit(step).lower(...).compile().memory_analysis()`` gives, per device,
+
+    peak = arguments + outputs + temporaries - aliased (donated state reused in place)
+
+The plan that fits one 80 GB GPU (defaults):
+  * bf16 weights (16 GB for 8B) and bf16 compute;
+  * NPO's reference log-probs cached as inputs (``[B]`` floats): no second model;
+  * rematerialised blocks (``--remat nothing_saveable``: only block inputs are kept);
+  * label log-probs fused with the LM head (``jaxunlearn.ops``, chunks of ``--chunk-size``
+    tokens): no float32 ``[B, T, 128256]`` logits;
+  * AdamW with bf16 first and second moments (``--optimizer adamw``; 2 x 16 GB), the
+    choice documented in RESULTS.md; ``--optimizer adafactor`` (factored second moments,
+    no first moment) is the smaller alternative.
+FSDP over ``--devices N`` shards weights, gradients and moments ``N`` ways.
+
+The figures come from XLA's CPU compiler (8 simulated devices): buffer assignment and
+fusion differ from the GPU compiler's, so they estimate the GPU figure; they do not
+measure it. Compiling 32 unrolled 8B layers on a 2-core CPU is slow, so by default the
+step is compiled at a few smaller depths and the peak extrapolated linearly to the full
+depth (every per-layer buffer scales with depth, the rest does not); ``--depths 32``
+compiles the real depth.
+
+    .venv/bin/python benchmarks/memory.py                        # 1 and 8 devices, depths 2,4
+    .venv/bin/python benchmarks/memory.py --devices 8 --depths 32  # the full model (slow)
+
+Last line: ``peak GiB/device <preset>@<first device count> <x>`` (extrapolated when not compiled).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Before jax is imported: 8 simulated CPU devices for the FSDP mesh, and the CPU
+# compiler's memory-minimising scheduler. Its default, concurrency-optimised scheduler
+# hoists rematerialised blocks back into the forward pass (remat then saves nothing:
+# 546 -> 176 MiB on a 4-layer test model once disabled); GPU compilers schedule for memory.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8"
+                           " --xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _common  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+GIB = 1024 ** 3
+
+
+def _abstract_state(abs_params, opt, mesh, *, replicate_moments: bool = False):
+    """Sharded ``ShapeDtypeStruct`` TrainState: params by the partition rules, moments alike.
+
+    ``replicate_moments`` reproduces ``train.step.init_train_state`` as it is now, whose
+    jitted ``optimizer.init`` leaves the moments on one device, then replicates them.
+    """
+    import jax
+    import optax
+
+    from jaxunlearn.train import mesh as mesh_lib
+    from jaxunlearn.train.step import TrainState
+
+    shardings = mesh_lib.param_shardings(abs_params, mesh)
+    params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          abs_params, shardings)
+    rep = mesh_lib.replicated(mesh)
+    opt_shapes = jax.eval_shape(opt.init, params)
+    if replicate_moments:
+        opt_sh = jax.tree.map(lambda _: rep, opt_shapes)
+    else:
+        # Every parameter-shaped moment takes its parameter's sharding; counts and
+        # Adafactor's factored row/column statistics (small) are replicated.
+        opt_sh = optax.tree_map_params(
+            opt, lambda leaf, p: p.sharding if leaf.shape == p.shape else rep, opt_shapes, params,
+            transform_non_params=lambda _: rep)
+    opt_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                             opt_shapes, opt_sh)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return TrainState(params=params, opt_state=opt_state,
+                      step=jax.ShapeDtypeStruct((), np.int32, sharding=rep),
+                      key=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
+
+
+def _abstract_batch(rows: int, seq: int, mesh):
+    import jax
+
+    from jaxunlearn.data.batch import Batch
+    from jaxunlearn.train import mesh as mesh_lib
+
+    sh = mesh_lib.batch_sharding(mesh)
+
+    def arr(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+
+    def rows_batch():
+        return Batch(input_ids=arr((rows, seq), np.int32), labels=arr((rows, seq), np.int32),
+                     loss_mask=arr((rows, seq), np.float32),
+                     attention_mask=arr((rows, seq), np.int32))
+
+    return {"forget": {"answer": rows_batch()}, "retain": rows_batch(),
+            "cache": {"ref_logp": {"answer": arr((rows,), np.float32)},
+                      "weight": arr((rows,), np.float32)}}
+
+
+def analyse(args, depth: int, devices: int) -> dict:
+    """Compiles the step at ``depth`` layers on ``devices`` (FSDP); memory figures in bytes."""
+    import jax
+    from flax import nnx
+
+    from jaxunlearn.models import Llama
+    from jaxunlearn.models.presets import get_preset
+    from jaxunlearn.train import mesh as mesh_lib
+    from jaxunlearn.train.step import OptimizerConfig, make_optimizer, make_train_step
+
+    config = get_preset(args.preset, num_layers=depth, dtype=args.dtype,
+                        param_dtype=args.param_dtype, remat=args.remat != "none",
+                        remat_policy=args.remat if args.remat != "none" else "nothing_saveable")
+    mesh = mesh_lib.make_mesh(data=1, fsdp=devices, devices=jax.devices()[:devices])
+    mesh_lib.check_batch_divides(args.batch, mesh, "--batch")
+    graphdef, abs_params = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))),
+                                     nnx.Param)
+    opt = make_optimizer(OptimizerConfig(learning_rate=1e-5, schedule="constant",
+                                         optimizer=args.optimizer, moment_dtype=args.moment_dtype,
+                                         clip_norm=1.0), total_steps=1000)
+    state = _abstract_state(abs_params, opt, mesh, replicate_moments=args.replicate_moments)
+    batch = _abstract_batch(args.batch, args.seq, mesh)
+    if args.objective == "fused":
+        loss_fn = _common.fused_objective(graphdef, config, beta=0.1, alpha=1.0,
+                                          chunk_size=args.chunk_size)
+    else:
+        loss_fn = _common.library_objective(graphdef, config, beta=0.1, alpha=1.0)
+    step = make_train_step(loss_fn, opt, mesh=mesh,
+                           state_sharding=jax.tree.map(lambda x: x.sharding, state))
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    seconds = time.perf_counter() - t0
+    m = compiled.memory_analysis()
+    out = {"args": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+           "temp": m.temp_size_in_bytes, "alias": m.alias_size_in_bytes}
+    out["peak"] = out["args"] + out["outputs"] + out["temp"] - out["alias"]
+    out["params"] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params)) / devices
+    out["compile_s"] = seconds
+    out["num_params"] = config.num_params()
+    return out
+
+
+def _fit(depths, values, full_depth):
+    """Least-squares line through (depth, value), evaluated at ``full_depth``; max residual."""
+    if len(depths) == 1:
+        return values[0], 0.0
+    slope, intercept = np.polyfit(depths, values, 1)
+    resid = np.max(np.abs(np.polyval([slope, intercept], depths) - values))
+    return slope * full_depth + intercept, resid
+
+
+def main(argv=None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="llama-3.1-8b")
+    parser.add_argument("--depths", default="2,4",
+                        help="layer counts to compile; the preset's depth is extrapolated "
+                             "linearly unless it is among them")
+    parser.add_argument("--devices", default="1,8", help="FSDP widths to analyse (<= 8)")
+    parser.add_argument("--batch", type=int, default=8,
+                        help="forget rows per step (each paired with a retain row)")
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--param-dtype", default="bfloat16")
+    parser.add_argument("--optimizer", choices=("adamw", "adafactor"), default="adamw")
+    parser.add_argument("--moment-dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--remat", default="nothing_saveable",
+                        choices=("none", "nothing_saveable", "dots_with_no_batch_dims_saveable",
+                                 "dots_saveable"))
+    parser.add_argument("--objective", choices=("fused", "library"), default="fused")
+    parser.add_argument("--chunk-size", type=int, default=2048)
+    parser.add_argument("--replicate-moments", action="store_true",
+                        help="replicate optimiser moments as train.step.init_train_state does "
+                             "today (instead of sharding them like their parameters)")
+    parser.add_argument("--gpu-gib", type=float, default=79.6,
+                        help="memory of the target GPU (H100 80GB: 81559 MiB)")
+    args = parser.parse_args(argv)
+    depths = [int(d) for d in args.depths.split(",") if d]
+    devices = [int(d) for d in args.devices.split(",") if d]
+    if not depths or min(depths) < 1:
+        parser.error("--depths: positive layer counts, e.g. 2,4")
+    if not devices or min(devices) < 1 or max(devices) > 8:
+        parser.error("--devices: FSDP widths between 1 and 8, e.g. 1,8")
+
+    import jax
+
+    from jaxunlearn.models.presets import get_preset
+
+    full = get_preset(args.preset)
+    print(f"# {_common.machine_line()}")
+    print(f"# jax {jax.__version__}, {len(jax.devices())} simulated CPU devices; "
+          f"XLA CPU compiler's memory_analysis (an estimate of the GPU figure)")
+    print(f"# {args.preset}: {full.num_params() / 1e9:.2f}B params, {full.num_layers} layers; "
+          f"batch {args.batch}+{args.batch} rows x T={args.seq}; dtype {args.dtype}, params "
+          f"{args.param_dtype}; {args.optimizer} (moments {args.moment_dtype}); remat {args.remat}; "
+          f"objective {args.objective} (chunk {args.chunk_size}); moments "
+          f"{'replicated' if args.replicate_moments else 'sharded like their parameters'}")
+    print(f"{'devices':>7} {'layers':>6} {'args':>8} {'outputs':>8} {'temp':>8} {'alias':>8} "
+          f"{'peak':>8} {'compile':>8}   (GiB per device)")
+    headline = None
+    for n in devices:
+        rows = {}
+        for d in depths:
+            r = analyse(args, d, n)
+            rows[d] = r
+            print(f"{n:7d} {d:6d} {r['args'] / GIB:8.2f} {r['outputs'] / GIB:8.2f} "
+                  f"{r['temp'] / GIB:8.2f} {r['alias'] / GIB:8.2f} {r['peak'] / GIB:8.2f} "
+                  f"{r['compile_s']:7.0f}s", flush=True)
+        if full.num_layers in rows:
+            peak, how = rows[full.num_layers]["peak"], "compiled"
+        else:
+            ds = sorted(rows)
+            peak, resid = _fit(ds, [rows[d]["peak"] for d in ds], full.num_layers)
+            temp, _ = _fit(ds, [rows[d]["temp"] for d in ds], full.num_layers)
+            how = (f"EXTRAPOLATED linearly from depths {ds} (max fit residual "
+                   f"{resid / GIB:.3f} GiB; temp {temp / GIB:.2f} GiB)")
+        fits = "fits" if peak / GIB <= args.gpu_gib else "does NOT fit"
+        print(f"{n:7d} {full.num_layers:6d} peak {peak / GIB:.2f} GiB per device, {how}; "
+              f"{fits} in {args.gpu_gib:.1f} GiB")
+        if headline is None:
+            headline = (n, peak / GIB)
+    print(f"peak GiB/device {args.preset}@{headline[0]} {headline[1]:.1f}")
+    return headline[1]
+
+
+if __name__ == "__main__":
+    main()
