@@ -18,7 +18,13 @@ FSDP over ``--devices N`` shards weights, gradients and moments ``N`` ways.
 
 The figures come from XLA's CPU compiler (8 simulated devices): buffer assignment and
 fusion differ from the GPU compiler's, so they estimate the GPU figure; they do not
-measure it. Compiling 32 unrolled 8B layers on a 2-core CPU is slow, so by default the
+measure it. For bf16 they are an upper bound: the CPU backend has no bf16 matmul, so it
+converts every bf16 dot's operands to float32 and, on one device, keeps float32 copies
+of the bf16 weights alive from the forward to the backward pass (about 4 bytes per
+parameter, 30 GiB at 8B; seen in the live-range dump at the peak). The script also
+prints the exact lower bound ``state + one gradient`` (from the shapes alone: weights,
+optimiser moments and one gradient copy, all alive at the update because global-norm
+clipping needs every gradient first); the GPU peak is that plus activations. Compiling 32 unrolled 8B layers on a 2-core CPU is slow, so by default the
 step is compiled at a few smaller depths and the peak extrapolated linearly to the full
 depth (every per-layer buffer scales with depth, the rest does not); ``--depths 32``
 compiles the real depth.
@@ -150,6 +156,12 @@ def analyse(args, depth: int, devices: int) -> dict:
     return out
 
 
+def jnp_dtype(name: str):
+    import jax.numpy as jnp
+
+    return {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}[name]
+
+
 def _fit(depths, values, full_depth):
     """Least-squares line through (depth, value), evaluated at ``full_depth``; max residual."""
     if len(depths) == 1:
@@ -226,6 +238,13 @@ def main(argv=None) -> float:
         fits = "fits" if peak / GIB <= args.gpu_gib else "does NOT fit"
         print(f"{n:7d} {full.num_layers:6d} peak {peak / GIB:.2f} GiB per device, {how}; "
               f"{fits} in {args.gpu_gib:.1f} GiB")
+        ds = sorted(rows)
+        state, _ = ((rows[full.num_layers]["args"], 0.0) if full.num_layers in rows
+                    else _fit(ds, [rows[d]["args"] for d in ds], full.num_layers))
+        grads = full.num_params() * np.dtype(jnp_dtype(args.param_dtype)).itemsize / n
+        print(f"{n:7d} {full.num_layers:6d} exact lower bound: state {state / GIB:.2f} + one "
+              f"gradient {grads / GIB:.2f} = {(state + grads) / GIB:.2f} GiB per device "
+              "(+ activations)")
         if headline is None:
             headline = (n, peak / GIB)
     print(f"peak GiB/device {args.preset}@{headline[0]} {headline[1]:.1f}")
