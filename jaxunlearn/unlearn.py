@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -406,14 +404,6 @@ def _target_path(cfg) -> Path:
     raise UserError("model.path: not given (the trained target model to unlearn)")
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
 def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     """``jaxunlearn unlearn``: unlearn ``data.forget`` from the target with ``cfg.method``.
 
@@ -465,7 +455,7 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
                            progress=progress)
     seconds = time.perf_counter() - t0
     save_pretrained(result.model, config, out, tokenizer=tokenizer)
-    _write_json_atomic(out / "unlearn.json", {
+    loop_lib.write_json_atomic(out / "unlearn.json", {
         "method": method.to_dict(), "target": str(path), "forget": cfg.data.forget,
         "retain": cfg.data.retain_split, "seconds": round(seconds, 2),
         "updates": len(result.history), "history": result.history,

@@ -640,7 +640,8 @@ def _format_quality(which: str, path: Path, q: Mapping) -> str:
     return "\n".join(lines)
 
 
-def _write_json_atomic(path: Path, obj) -> None:
+def write_json_atomic(path: Path, obj) -> None:
+    """Writes ``obj`` as indented JSON to a temporary name beside ``path``, then renames it."""
     import json
     import os
     import tempfile
@@ -731,7 +732,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
         if not (out / QUALITY_FILE).is_file():
             model, _ = load_pretrained(out)
             q = model_quality(model, load_tokenizer(out), bench, **quality_kw)
-            _write_json_atomic(out / QUALITY_FILE, {"which": which, **q, **provenance(cfg)})
+            write_json_atomic(out / QUALITY_FILE, {"which": which, **q, **provenance(cfg)})
         return out
 
     model, config = build_model(cfg, tokenizer)
@@ -776,7 +777,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     save_pretrained(model, config, out, tokenizer=tokenizer)
     q = model_quality(model, tokenizer, bench, **quality_kw)
     losses = [h["loss"] for h in result.history[-max(1, source.steps_per_epoch):]]
-    _write_json_atomic(out / QUALITY_FILE, {
+    write_json_atomic(out / QUALITY_FILE, {
         "which": which, "updates": total, "train_seconds": round(seconds, 2),
         "resumed_from": result.start_step,
         "last_epoch_loss": float(np.mean(losses)) if losses else float("nan"),
