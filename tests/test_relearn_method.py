@@ -10,6 +10,7 @@ import jax
 import pytest
 from flax import nnx
 
+from _training import train_nll
 from jaxunlearn import methods, relearn_method, unlearn
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.data import batch as batch_lib
@@ -17,8 +18,6 @@ from jaxunlearn.data import synthetic
 from jaxunlearn.data import tokenizer as tok_lib
 from jaxunlearn.eval import scoring
 from jaxunlearn.models import Llama, LlamaConfig
-from jaxunlearn.train import loop as loop_lib
-from jaxunlearn.train import step as step_lib
 from jaxunlearn.train.step import OptimizerConfig
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_layers=1, num_heads=4, num_kv_heads=2,
@@ -117,22 +116,10 @@ def people():
                                                   for r in aug] + [r["answer"] for r in aug]
     tok = tok_lib.train_tokenizer(texts, vocab_size=512)
     config = LlamaConfig(vocab_size=len(tok), **TINY)
-    graphdef, params = nnx.split(Llama(config, rngs=nnx.Rngs(0)), nnx.Param)
     docs = batch_lib.encode_qa_records(tok, forget + retain)
-    steps = 100
-    opt = step_lib.make_optimizer(OptimizerConfig(learning_rate=5e-3, warmup_steps=5,
-                                                  weight_decay=0.0), steps)
-    state = step_lib.init_train_state(params, opt, jax.random.key(0))
-    step = step_lib.make_train_step(loop_lib.nll_loss_fn(graphdef), opt)
-    done, epoch = 0, 0
-    while done < steps:
-        for b in batch_lib.iterate_batches(docs, 8, seed=0, epoch=epoch, pad_id=2, seq_len=64):
-            state, _ = step(state, b)
-            done += 1
-            if done == steps:
-                break
-        epoch += 1
-    return nnx.merge(graphdef, state.params), tok, forget, retain
+    model = train_nll(Llama(config, rngs=nnx.Rngs(0)), docs, steps=100, learning_rate=5e-3,
+                      warmup_steps=5, batch_size=8, seq_len=64)
+    return model, tok, forget, retain
 
 
 def test_augmented_forget_set_holds_no_fact(people):

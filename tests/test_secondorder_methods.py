@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
+from _training import train_nll
 from jaxunlearn import methods, unlearn
 from jaxunlearn import secondorder_methods as so
 from jaxunlearn.config import TrainConfig
@@ -23,9 +24,6 @@ from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data import synthetic
 from jaxunlearn.data import tokenizer as tok_lib
 from jaxunlearn.models import Llama, LlamaConfig
-from jaxunlearn.train import loop as loop_lib
-from jaxunlearn.train import step as step_lib
-from jaxunlearn.train.step import OptimizerConfig
 
 MICRO = dict(vocab_size=11, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
              num_kv_heads=1, max_position_embeddings=16, tie_word_embeddings=True)
@@ -227,21 +225,9 @@ def trained():
                               max_position_embeddings=128, tie_word_embeddings=True),
                   rngs=nnx.Rngs(0))
     encoded = batch_lib.encode_qa_records(tok, records)
-    graphdef, params = nnx.split(model, nnx.Param)
-    steps = 150
-    opt = step_lib.make_optimizer(OptimizerConfig(learning_rate=3e-3, warmup_steps=10,
-                                                  weight_decay=0.0), steps)
-    state = step_lib.init_train_state(params, opt, jax.random.key(0))
-    step = step_lib.make_train_step(loop_lib.nll_loss_fn(graphdef), opt)
-    done, epoch = 0, 0
-    while done < steps:
-        for b in batch_lib.iterate_batches(encoded, 8, seed=0, epoch=epoch, pad_id=2, seq_len=64):
-            state, _ = step(state, b)
-            done += 1
-            if done == steps:
-                break
-        epoch += 1
-    return nnx.merge(graphdef, state.params), tok, forget, retain
+    model = train_nll(model, encoded, steps=150, learning_rate=3e-3, warmup_steps=10,
+                      batch_size=8, seq_len=64)
+    return model, tok, forget, retain
 
 
 def answer_probs(model, tok, records):

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
+from _training import train_nll
 from jaxunlearn import memunlearn, methods, unlearn
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.data import batch as batch_lib
@@ -14,8 +15,6 @@ from jaxunlearn.data import synthetic
 from jaxunlearn.data import tokenizer as tok_lib
 from jaxunlearn.eval import memscore, neighbourhood
 from jaxunlearn.models import Llama, LlamaConfig
-from jaxunlearn.train import loop as loop_lib
-from jaxunlearn.train import step as step_lib
 from jaxunlearn.train.step import OptimizerConfig
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_layers=1, num_heads=4, num_kv_heads=2,
@@ -211,22 +210,10 @@ def canaries():
     model = Llama(LlamaConfig(vocab_size=len(tok), **TINY), rngs=nnx.Rngs(0))
     docs = [batch_lib.encode_text(tok, c["text"]) for c in can if c["split"] != "heldout"
             for _ in range(c["repetitions"])]
-    graphdef, params = nnx.split(model, nnx.Param)
-    steps = 80
-    opt = step_lib.make_optimizer(OptimizerConfig(learning_rate=3e-3, warmup_steps=10,
-                                                  weight_decay=0.0), steps)
-    state = step_lib.init_train_state(params, opt, jax.random.key(0))
-    step = step_lib.make_train_step(loop_lib.nll_loss_fn(graphdef), opt)
-    done, epoch = 0, 0
-    while done < steps:
-        for b in batch_lib.iterate_batches(docs, 16, seed=0, epoch=epoch, pad_id=2, seq_len=32):
-            state, _ = step(state, b)
-            done += 1
-            if done == steps:
-                break
-        epoch += 1
+    model = train_nll(model, docs, steps=80, learning_rate=3e-3, warmup_steps=10,
+                      batch_size=16, seq_len=32)
     split = {s: [c for c in can if c["split"] == s] for s in ("forget", "retain", "heldout")}
-    return nnx.merge(graphdef, state.params), tok, split
+    return model, tok, split
 
 
 TRAIN = TrainConfig(epochs=30, batch_size=4, optimizer=OptimizerConfig(
