@@ -81,7 +81,8 @@ def method_plan(cfg: RunConfig, names: Sequence[str]) -> list[tuple[Any, Any]]:
         entry = DEMO_METHODS.get(name, {"method": {}, "train": {}})
         method = methods.get_method({"name": name, **entry["method"]})
         train = _merge(_merge(dataclasses.asdict(cfg.train), DEMO_TRAIN), entry["train"])
-        train.pop("steps", None) if "epochs" in entry["train"] else None
+        if "epochs" in entry["train"]:  # the method's epochs win over a run-level steps
+            train.pop("steps", None)
         plan.append((method, from_dict(TrainConfig, train, f"demo.{name}.train")))
     return plan
 
