@@ -184,7 +184,7 @@ def test_one_device_and_eight_devices_agree(runs):
     h1 = json.loads((runs[1]["first"] / "unlearn.json").read_text())["history"]
     h8 = json.loads((runs[8]["first"] / "unlearn.json").read_text())["history"]
     for k in ("loss", "forget_prob", "retain_prob"):
-        np.testing.assert_allclose([h[k] for h in h8], [h[k] for h in h1], rtol=0, atol=1e-5)
+        np.testing.assert_allclose([h[k] for h in h8], [h[k] for h in h1], rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ provenance

@@ -143,12 +143,21 @@ def test_one_device_equals_eight_simulated_devices(target, npo_one_device):
     mesh = mesh_lib.make_mesh(data=2, fsdp=4)
     eight = unlearn.unlearn_model(model, tok, forget, retain, NPO_SPEC, _train(), seed=0,
                                   max_len=64, mesh=mesh)
+    # Sharded reductions sum in a different order: grad_norm (~15) differs in the
+    # 7th significant digit, so the bound is relative as well as absolute.
     for key in ("loss", "forget_prob", "retain_prob", "grad_norm"):
         np.testing.assert_allclose([h[key] for h in eight.history],
-                                   [h[key] for h in one.history], rtol=0, atol=1e-5)
+                                   [h[key] for h in one.history], rtol=1e-5, atol=1e-5)
+    for records in (forget, retain):
+        np.testing.assert_allclose(_answer_prob(eight.model, tok, records),
+                                   _answer_prob(one.model, tok, records), rtol=1e-5, atol=0)
+    # Adam divides each element's step by its own gradient scale, so an element whose
+    # gradient sits at rounding level can move by up to one learning rate either way:
+    # single weights are compared against a fraction of a step, the function above at 1e-5.
+    lr = _train().optimizer.learning_rate
     p1, p8 = nnx.state(one.model, nnx.Param), nnx.state(eight.model, nnx.Param)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=0.05 * lr)
     assert any(x.sharding.spec and "fsdp" in x.sharding.spec for x in jax.tree.leaves(p8))
 
 
