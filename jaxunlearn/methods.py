@@ -53,13 +53,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxunlearn import losses
+from jaxunlearn import losses, ops
 from jaxunlearn.errors import UserError
 
 __all__ = [
     "MethodError", "MethodConfig", "GradientMethod", "ProcedureMethod", "CacheSpec", "RefDist",
     "UnlearnContext", "UnlearnResult", "register", "get_method", "method_names",
     "compress_logprobs", "model_on_support", "ref_on_support", "labels_on_support", "forward",
+    "ModelOutput",
     "answer_prob", "GradAscent", "GradDiff", "NPO", "SimNPO", "IdkDPO", "RMU", "UNDIAL", "WGA",
     "RKLD",
 ]
@@ -179,10 +180,66 @@ class CacheSpec:
 # ------------------------------------------------------------------------------ model helpers
 
 
-def forward(graphdef: nnx.GraphDef, params: Any, batch: Any, hidden_layer: int | None = None):
-    """``LlamaOutput`` of the model ``(graphdef, params)`` on a ``Batch`` ``[B, T]``."""
+class ModelOutput:
+    """One forward pass of the model on a ``Batch``, seen through what objectives read.
+
+    ``label_logprobs`` (and everything built on it: sequence log-probs, token NLL, answer
+    probability) comes from ``jaxunlearn.ops``, fused with the LM head: label-only methods
+    (GA, GradDiff, NPO, SimNPO, IdkDPO, ReLearn's NLL) then never form the float32
+    ``[B, T, V]`` logits and log-softmax, nor their backward. ``logits`` is formed only
+    when read (the KL terms need whole distributions); both are computed at most once.
+    Lives inside a traced objective; not a pytree.
+
+    Attributes:
+      batch: the ``Batch`` ``[B, T]`` it was run on.
+      final: ``[B, T, D]`` final-normed hidden states.
+      head: ``[D, V]`` the LM head in the compute dtype.
+      hidden: ``[B, T, D]`` residual stream after the requested block, or None.
+    """
+
+    def __init__(self, batch: Any, final: jax.Array, head: jax.Array,
+                 hidden: jax.Array | None = None):
+        self.batch, self.final, self.head, self.hidden = batch, final, head, hidden
+        self._logits: jax.Array | None = None
+        self._label_logprobs: jax.Array | None = None
+
+    @property
+    def logits(self) -> jax.Array:
+        """``[B, T, V]`` in the compute dtype, as ``Llama.__call__``."""
+        if self._logits is None:
+            self._logits = jnp.einsum("BTD,DV->BTV", self.final, self.head)
+        return self._logits
+
+    @property
+    def label_logprobs(self) -> jax.Array:
+        """``[B, T]`` float32 ``log p(labels)``, 0 where ``loss_mask`` is 0."""
+        if self._label_logprobs is None:
+            b = self.batch
+            self._label_logprobs = ops.token_logprobs_from_hidden(self.final, self.head, b.labels,
+                                                                  mask=b.loss_mask)
+        return self._label_logprobs
+
+    def sequence_logprob(self) -> jax.Array:
+        """``[B]`` summed answer log-probs: ``losses.sequence_logprob`` of the batch."""
+        return jnp.sum(self.label_logprobs, axis=-1)
+
+    def token_nll(self) -> jax.Array:
+        """Scalar mean NLL over the masked tokens: ``losses.token_nll`` of the batch."""
+        count = jnp.sum(jnp.asarray(self.batch.loss_mask, jnp.float32))
+        return -jnp.sum(self.label_logprobs) / jnp.maximum(count, 1.0)
+
+    def answer_prob(self) -> jax.Array:
+        """Scalar :func:`answer_prob` of the batch."""
+        count = jnp.maximum(losses.sequence_token_counts(self.batch.loss_mask), 1.0)
+        return jnp.mean(jnp.exp(self.sequence_logprob() / count))
+
+
+def forward(graphdef: nnx.GraphDef, params: Any, batch: Any,
+            hidden_layer: int | None = None) -> ModelOutput:
+    """:class:`ModelOutput` of the model ``(graphdef, params)`` on a ``Batch`` ``[B, T]``."""
     model = nnx.merge(graphdef, params)
-    return model.forward(batch.input_ids, batch.attention_mask, hidden_layer=hidden_layer)
+    final, hidden = model.trunk(batch.input_ids, batch.attention_mask, hidden_layer=hidden_layer)
+    return ModelOutput(batch, final, model.output_head(), hidden)
 
 
 def answer_prob(logits: jax.Array, batch: Any) -> jax.Array:
@@ -417,7 +474,7 @@ class GradientMethod(MethodConfig):
     def retain_term(self, output: Any, retain: Any, cache: Mapping) -> jax.Array:
         """The retain loss from the retain batch's ``LlamaOutput``; scalar."""
         if self.retain_loss == "nll":
-            return losses.token_nll(output.logits, retain.labels, retain.loss_mask)
+            return output.token_nll()
         dist = cache["retain_dist"]
         return losses.forward_kl(model_on_support(output.logits, dist), ref_on_support(dist),
                                  retain.loss_mask)
@@ -450,9 +507,8 @@ class GradientMethod(MethodConfig):
             metrics = {
                 "forget_loss": forget_loss,
                 "retain_loss": retain_loss,
-                "forget_prob": jax.lax.stop_gradient(answer_prob(outs["answer"].logits,
-                                                                 forget["answer"])),
-                "retain_prob": jax.lax.stop_gradient(answer_prob(r_out.logits, retain)),
+                "forget_prob": jax.lax.stop_gradient(outs["answer"].answer_prob()),
+                "retain_prob": jax.lax.stop_gradient(r_out.answer_prob()),
             }
             return loss, metrics
 
@@ -466,7 +522,7 @@ def _per_sequence(loss_fn: Callable[..., jax.Array], *arrays: jax.Array) -> jax.
 
 def _answer_logp(outputs: Mapping, forget: Mapping, view: str = "answer"):
     batch = forget[view]
-    logp = losses.sequence_logprob(outputs[view].logits, batch.labels, batch.loss_mask)
+    logp = outputs[view].sequence_logprob()
     return logp, losses.sequence_token_counts(batch.loss_mask)
 
 

@@ -78,11 +78,10 @@ class ReLearnObjective(methods.GradientMethod):
                                  top_k=self.ref_top_k)
 
     def forget_term(self, outputs, forget, cache):
-        b = forget["answer"]
-        return losses.token_nll(outputs["answer"].logits, b.labels, b.loss_mask)
+        return outputs["answer"].token_nll()
 
     def retain_term(self, output, retain, cache) -> jax.Array:
-        nll = losses.token_nll(output.logits, retain.labels, retain.loss_mask)
+        nll = output.token_nll()
         if self.retain_loss == "nll":
             return nll
         dist = cache["retain_dist"]

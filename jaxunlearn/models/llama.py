@@ -410,6 +410,16 @@ class Llama(nnx.Module):
         """
         return self._trunk(input_ids, attention_mask, positions, None, None)[0]
 
+    def trunk(self, input_ids, attention_mask=None, positions=None, *,
+              hidden_layer: int | None = None) -> tuple[jax.Array, jax.Array | None]:
+        """``(final-normed hidden states [B, T, D], residual stream after block hidden_layer)``.
+
+        Everything of :meth:`forward` but the LM head, for objectives that take the label
+        log-probs with ``jaxunlearn.ops`` instead of forming the ``[B, T, V]`` logits.
+        """
+        x, _, hidden = self._trunk(input_ids, attention_mask, positions, None, hidden_layer)
+        return x, hidden
+
     def output_head(self) -> jax.Array:
         """The LM head ``[D, V]`` in the compute dtype (``embed.T`` when tied)."""
         head = self.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
