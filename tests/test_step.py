@@ -73,6 +73,15 @@ def test_one_device_equals_eight_simulated_devices():
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5)
     assert losses1[-1] < losses1[0]
+    # Adam's moments are sharded like their parameters, before and after the steps (a
+    # replicated copy on every device would cost 2x the model per device under FSDP).
+    param = {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_leaves_with_path(s8.params)}
+    adam = s8.opt_state[1][0]
+    for moments in (adam.mu, adam.nu):
+        for k, x in jax.tree_util.tree_leaves_with_path(moments):
+            p = param[jax.tree_util.keystr(k)]
+            assert x.sharding.is_equivalent_to(p.sharding, p.ndim), jax.tree_util.keystr(k)
+    assert not all(p.sharding.is_fully_replicated for p in param.values())
 
 
 def test_non_finite_step_keeps_previous_state():

@@ -91,8 +91,20 @@ class TrainState(NamedTuple):
 
 def init_train_state(params, optimizer: optax.GradientTransformation, key: jax.Array,
                      mesh: Mesh | None = None) -> TrainState:
-    """Optimiser state is created under jit so each moment inherits its parameter's sharding."""
-    opt_state = jax.jit(optimizer.init)(params)
+    """The train state; every optimiser moment is sharded like its parameter.
+
+    Moments start as ``zeros_like(param)``, a constant the compiler would otherwise lay
+    out replicated: with FSDP that is a full copy of Adam's two moments on every device
+    (2x the model's size). ``tree_map_params`` pins each one to its parameter's sharding.
+    """
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+
+    def init(p):
+        return optax.tree_utils.tree_map_params(
+            optimizer, lambda moment, sharding: jax.lax.with_sharding_constraint(moment, sharding),
+            optimizer.init(p), shardings, transform_non_params=lambda x: x)
+
+    opt_state = jax.jit(init)(params) if mesh is not None else jax.jit(optimizer.init)(params)
     step = jnp.zeros((), jnp.int32)
     if mesh is not None:
         rep = mesh_lib.replicated(mesh)
