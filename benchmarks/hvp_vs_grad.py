@@ -29,7 +29,7 @@ def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     _common.add_model_flags(parser)
     parser.add_argument("--objective", choices=("library", "fused"), default="library",
-                        help="library: methods.NPO on logits; fused: jaxunlearn.ops on hidden states")
+                        help="library: methods.NPO (what jaxunlearn unlearn runs); fused: the same loss written on hidden states")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

@@ -63,8 +63,9 @@ GIB = 1024 ** 3
 def _abstract_state(abs_params, opt, mesh, *, replicate_moments: bool = False):
     """Sharded ``ShapeDtypeStruct`` TrainState: params by the partition rules, moments alike.
 
-    ``replicate_moments`` reproduces ``train.step.init_train_state`` as it is now, whose
-    jitted ``optimizer.init`` leaves the moments on one device, then replicates them.
+    ``replicate_moments`` reproduces ``train.step.init_train_state`` before its moments
+    were pinned to their parameters' shardings (the compiler laid the ``zeros_like``
+    moments out replicated): it shows what that fix saves per device.
     """
     import jax
     import optax
@@ -191,8 +192,8 @@ def main(argv=None) -> float:
     parser.add_argument("--objective", choices=("fused", "library"), default="fused")
     parser.add_argument("--chunk-size", type=int, default=2048)
     parser.add_argument("--replicate-moments", action="store_true",
-                        help="replicate optimiser moments as train.step.init_train_state does "
-                             "today (instead of sharding them like their parameters)")
+                        help="replicate optimiser moments, as train.step.init_train_state did "
+                             "before it sharded them like their parameters")
     parser.add_argument("--gpu-gib", type=float, default=79.6,
                         help="memory of the target GPU (H100 80GB: 81559 MiB)")
     args = parser.parse_args(argv)

@@ -83,7 +83,7 @@ def main(argv=None) -> float:
                         help="auto: cuDNN flash attention on GPUs with bf16/fp16, else XLA")
     parser.add_argument("--objective", choices=("fused", "library"), default="fused",
                         help="fused: jaxunlearn.ops on hidden states (no [B,T,V] logits); "
-                             "library: methods.NPO on logits")
+                             "library: methods.NPO, as jaxunlearn unlearn runs it")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="fused: LM-head tokens per chunk (default 4096 tokens; tiny: none)")
     parser.add_argument("--data", type=int, default=1, help="mesh data axis")

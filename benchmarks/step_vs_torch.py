@@ -8,9 +8,10 @@ Both sides run the same model, weights, batch and update, float32 on the CPU:
 * forward + backward + global-norm clipping (1.0) + AdamW (lr 1e-5, weight decay 0.01).
 
 jaxunlearn is timed twice: ``library`` is the step ``jaxunlearn unlearn method=npo`` runs
-(``methods.NPO.objective`` + ``train.step.make_train_step``: logits ``[B, T, V]`` and
-``losses.sequence_logprob``); ``fused`` is the same loss on the final hidden states with
-``jaxunlearn.ops`` (no float32 ``[B, T, V]`` tensors). PyTorch is
+(``methods.NPO.objective`` + ``train.step.make_train_step``; its label log-probs come from
+``methods.ModelOutput``, i.e. ``jaxunlearn.ops``); ``fused`` writes the same loss by hand
+on ``Llama.hidden_states`` with ``jaxunlearn.ops`` (and takes ``--chunk-size``). Neither
+forms float32 ``[B, T, V]`` logits or their log-softmax. PyTorch is
 ``LlamaForCausalLM`` (SDPA attention, the transformers default) with ``log_softmax`` +
 ``gather``, ``clip_grad_norm_`` and ``torch.optim.AdamW``, on as many threads as XLA uses.
 
@@ -115,7 +116,8 @@ def main(argv=None) -> float:
                         help="torch threads; XLA's CPU client uses one per core")
     parser.add_argument("--jax", default="library,fused",
                         help="jax variants to time: library, fused (comma separated)")
-    parser.add_argument("--headline", default="fused", help="variant of the last line")
+    parser.add_argument("--headline", default="library",
+                        help="variant of the last line (library: what jaxunlearn unlearn runs)")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="fused variant: tokens per LM-head chunk (default: whole batch)")
     parser.add_argument("--beta", type=float, default=0.1)

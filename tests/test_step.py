@@ -84,6 +84,23 @@ def test_one_device_equals_eight_simulated_devices():
     assert not all(p.sharding.is_fully_replicated for p in param.values())
 
 
+def test_adafactor_state_is_sharded_like_its_parameters():
+    mesh = mesh_lib.make_mesh(data=2, fsdp=4)
+    _, params = nnx.split(Llama(CONFIG, rngs=nnx.Rngs(0)), nnx.Param)
+    params = jax.device_put(params, mesh_lib.param_shardings(params, mesh))
+    opt = make_optimizer(OptimizerConfig(optimizer="adafactor"), total_steps=4)
+    state = init_train_state(params, opt, jax.random.key(0), mesh)
+    by_shape = {}
+    for p in jax.tree.leaves(params):
+        by_shape.setdefault(p.shape, []).append(p.sharding)
+    # This model's dims are below Adafactor's factoring threshold: full second moments.
+    leaves = [x for x in jax.tree.leaves(state.opt_state) if x.shape in by_shape and x.ndim >= 2]
+    assert leaves
+    for x in leaves:
+        assert any(x.sharding.is_equivalent_to(s, x.ndim) for s in by_shape[x.shape])
+    assert not all(x.sharding.is_fully_replicated for x in leaves)
+
+
 def test_non_finite_step_keeps_previous_state():
     state, step = _setup(poison=True)
     b = _batches(1)[0]

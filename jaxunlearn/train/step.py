@@ -95,14 +95,17 @@ def init_train_state(params, optimizer: optax.GradientTransformation, key: jax.A
 
     Moments start as ``zeros_like(param)``, a constant the compiler would otherwise lay
     out replicated: with FSDP that is a full copy of Adam's two moments on every device
-    (2x the model's size). ``tree_map_params`` pins each one to its parameter's sharding.
+    (2x the model's size). ``tree_map_params`` pins each parameter-shaped one to its parameter's sharding.
     """
-    shardings = jax.tree.map(lambda x: x.sharding, params)
+    def pin(moment, param):
+        # Adafactor's factored row/column statistics are smaller than the parameter: left as is.
+        if moment.shape != param.shape:
+            return moment
+        return jax.lax.with_sharding_constraint(moment, param.sharding)
 
     def init(p):
-        return optax.tree_utils.tree_map_params(
-            optimizer, lambda moment, sharding: jax.lax.with_sharding_constraint(moment, sharding),
-            optimizer.init(p), shardings, transform_non_params=lambda x: x)
+        return optax.tree_utils.tree_map_params(optimizer, pin, optimizer.init(p), params,
+                                                transform_non_params=lambda x: x)
 
     opt_state = jax.jit(init)(params) if mesh is not None else jax.jit(optimizer.init)(params)
     step = jnp.zeros((), jnp.int32)
