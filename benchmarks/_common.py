@@ -108,6 +108,30 @@ def library_objective(graphdef, config, *, beta: float, alpha: float) -> Callabl
     return loss_fn
 
 
+def logits_objective(graphdef, config, *, beta: float, alpha: float) -> Callable:
+    """The same NPO + alpha * retain-NLL loss on the model's ``[B, T, V]`` logits with
+    ``losses`` (log-softmax + gather, plain autodiff): how ``secondorder_methods``
+    differentiates the answer NLL, and what ``methods`` did before ``ModelOutput``."""
+    import jax
+    from flax import nnx
+
+    from jaxunlearn import losses
+
+    def loss_fn(params, batch, key):
+        del key
+        model = nnx.merge(graphdef, params)
+        f, r = batch["forget"]["answer"], batch["retain"]
+        logp = losses.sequence_logprob(model(f.input_ids, f.attention_mask), f.labels, f.loss_mask)
+        per_seq = jax.vmap(lambda a, b: losses.npo(a[None], b[None], beta))(
+            logp, batch["cache"]["ref_logp"]["answer"])
+        forget_loss = losses.weighted(per_seq, batch["cache"]["weight"])
+        retain_loss = losses.token_nll(model(r.input_ids, r.attention_mask), r.labels, r.loss_mask)
+        return forget_loss + alpha * retain_loss, {"forget_loss": forget_loss,
+                                                   "retain_loss": retain_loss}
+
+    return loss_fn
+
+
 def fused_objective(graphdef, config, *, beta: float, alpha: float,
                     chunk_size: int | None = None) -> Callable:
     """The same NPO + alpha * retain-NLL loss with ``jaxunlearn.ops`` on the hidden states.

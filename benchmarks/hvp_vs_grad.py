@@ -3,8 +3,9 @@
 Both differentiate the same scalar, the NPO unlearning objective (NPO on forget rows +
 retain token NLL, cached reference log-probs) of the step benchmark's model and batch,
 with respect to all parameters; both are jitted and warm. The HVP is forward-over-reverse
-(``jax.jvp`` of ``jax.grad``), so the ideal ratio is about 2 (each matmul of the
-gradient gets a tangent matmul) plus the elementwise tangents; the target is <= 2.5.
+(``jax.jvp`` of ``jax.grad``): each bilinear product of the gradient gets two tangent
+products (``d(xW) = dx W + x dW``), so counting matrix products alone it costs three
+gradients; XLA shares the elementwise work of the primal and tangent passes. Target <= 2.5.
 Calls are interleaved (grad, hvp, grad, ...) and the medians compared.
 
     .venv/bin/python benchmarks/hvp_vs_grad.py                         # step benchmark's shapes
@@ -28,8 +29,10 @@ import numpy as np  # noqa: E402
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     _common.add_model_flags(parser)
-    parser.add_argument("--objective", choices=("library", "fused"), default="library",
-                        help="library: methods.NPO (what jaxunlearn unlearn runs); fused: the same loss written on hidden states")
+    parser.add_argument("--objective", choices=("library", "fused", "logits"), default="library",
+                        help="library: methods.NPO (what jaxunlearn unlearn runs); fused: the "
+                             "same loss written on hidden states; logits: on [B,T,V] logits "
+                             "with plain autodiff (as secondorder_methods' answer NLL)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -51,7 +54,8 @@ def main(argv=None) -> float:
     graphdef, params = nnx.split(Llama(config, rngs=nnx.Rngs(args.seed)), nnx.Param)
     ref = _common.reference_logprobs(graphdef, params, forget)
     batch = jax.device_put(_common.unlearning_batch(forget, retain, ref))
-    make = _common.library_objective if args.objective == "library" else _common.fused_objective
+    make = {"library": _common.library_objective, "fused": _common.fused_objective,
+            "logits": _common.logits_objective}[args.objective]
     loss_fn = make(graphdef, config, beta=0.1, alpha=1.0)
 
     def loss(p, b):
