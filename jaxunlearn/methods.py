@@ -230,8 +230,7 @@ class ModelOutput:
 
     def answer_prob(self) -> jax.Array:
         """Scalar :func:`answer_prob` of the batch."""
-        count = jnp.maximum(losses.sequence_token_counts(self.batch.loss_mask), 1.0)
-        return jnp.mean(jnp.exp(self.sequence_logprob() / count))
+        return _mean_token_prob(self.sequence_logprob(), self.batch.loss_mask)
 
 
 def forward(graphdef: nnx.GraphDef, params: Any, batch: Any,
@@ -247,9 +246,14 @@ def answer_prob(logits: jax.Array, batch: Any) -> jax.Array:
 
     TOFU's length-normalised "probability"; shown in progress bars, never optimised.
     """
-    logp = losses.sequence_logprob(logits, batch.labels, batch.loss_mask)
-    count = jnp.maximum(losses.sequence_token_counts(batch.loss_mask), 1.0)
-    return jnp.mean(jnp.exp(logp / count))
+    return _mean_token_prob(losses.sequence_logprob(logits, batch.labels, batch.loss_mask),
+                            batch.loss_mask)
+
+
+def _mean_token_prob(sequence_logp: jax.Array, loss_mask: jax.Array) -> jax.Array:
+    """``mean_b exp(sequence_logp[b] / |y_b|)`` from ``[B]`` log-probs and the ``[B, T]`` mask."""
+    count = jnp.maximum(losses.sequence_token_counts(loss_mask), 1.0)
+    return jnp.mean(jnp.exp(sequence_logp / count))
 
 
 # ------------------------------------------------------------------------------ configs
