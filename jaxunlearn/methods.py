@@ -472,11 +472,11 @@ class GradientMethod(MethodConfig):
         return None
 
     def forget_term(self, outputs: Mapping, forget: Mapping, cache: Mapping) -> jax.Array:
-        """The forget loss from the forget views' ``LlamaOutput`` s; scalar."""
+        """The forget loss from the forget views' :class:`ModelOutput` s; scalar."""
         raise NotImplementedError(f"{type(self).__name__}.forget_term")
 
     def retain_term(self, output: Any, retain: Any, cache: Mapping) -> jax.Array:
-        """The retain loss from the retain batch's ``LlamaOutput``; scalar."""
+        """The retain loss from the retain batch's :class:`ModelOutput`; scalar."""
         if self.retain_loss == "nll":
             return output.token_nll()
         dist = cache["retain_dist"]

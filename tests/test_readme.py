@@ -32,7 +32,8 @@ def test_readme_method_snippet_registers_and_composes():
     logits = model(jnp.asarray(ids))
     logp = np.asarray(losses.sequence_logprob(logits, b.labels, b.loss_mask), np.float64)
     ref = (logp + np.array([0.3, -0.7])).astype(np.float32)
-    outputs = {"answer": type("Out", (), {"logits": logits})()}
+    _, params = nnx.split(model, nnx.Param)
+    outputs = {"answer": methods.forward(nnx.graphdef(model), params, b)}
     got = method.forget_term(outputs, {"answer": b}, {"ref_logp": {"answer": ref}})
     # Independent: -(1/beta) * mean(log sigmoid(-beta * (logp - ref))) with beta = 1.
     want = -np.mean(np.log(1.0 / (1.0 + np.exp(logp - ref.astype(np.float64)))))

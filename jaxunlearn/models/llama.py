@@ -408,7 +408,7 @@ class Llama(nnx.Module):
         ``jaxunlearn.ops`` the label log-probs are taken from them without ever forming
         the ``[B, T, V]`` logits.
         """
-        return self._trunk(input_ids, attention_mask, positions, None, None)[0]
+        return self.trunk(input_ids, attention_mask, positions)[0]
 
     def trunk(self, input_ids, attention_mask=None, positions=None, *,
               hidden_layer: int | None = None) -> tuple[jax.Array, jax.Array | None]:

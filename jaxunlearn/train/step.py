@@ -95,7 +95,8 @@ def init_train_state(params, optimizer: optax.GradientTransformation, key: jax.A
 
     Moments start as ``zeros_like(param)``, a constant the compiler would otherwise lay
     out replicated: with FSDP that is a full copy of Adam's two moments on every device
-    (2x the model's size). ``tree_map_params`` pins each parameter-shaped one to its parameter's sharding.
+    (2x the model's size). ``tree_map_params`` pins each parameter-shaped one to its
+    parameter's sharding.
     """
     def pin(moment, param):
         # Adafactor's factored row/column statistics are smaller than the parameter: left as is.
