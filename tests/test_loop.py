@@ -366,3 +366,16 @@ def test_grouped_source_is_deterministic_and_covers_every_sequence():
         return [int(r[0]) // 100 for b in batches for r in b.input_ids]
 
     assert rows(src.epoch_batches(1)) != rows(e0)  # reshuffled every epoch
+
+    # A sequence inactive in an epoch keeps its row but has no loss there.
+    gated = loop.grouped_source(enc, 3, seed=1, pad_id=0, lengths=(16, 48),
+                                active=lambda epoch: [i != 2 or epoch == 1 for i in range(10)])
+    for epoch in (0, 1):
+        batches = list(gated.epoch_batches(epoch))
+        assert len(batches) == src.steps_per_epoch
+        assert rows(batches) == rows(src.epoch_batches(epoch))
+        for b, plain in zip(batches, src.epoch_batches(epoch)):
+            np.testing.assert_array_equal(b.input_ids, plain.input_ids)
+            is_2 = (b.input_ids[:, 0] // 100 == 2)
+            np.testing.assert_array_equal(b.loss_mask[~is_2], plain.loss_mask[~is_2])
+            assert (b.loss_mask[is_2].sum() > 0) == (epoch == 1 and plain.loss_mask[is_2].sum() > 0)

@@ -6,6 +6,7 @@ import os
 import re
 import time
 
+import numpy as np
 import pytest
 
 from jaxunlearn.data import synthetic as S
@@ -337,3 +338,33 @@ def test_train_item_validates():
         S.TrainItem(kind="text", prompt="Q?", text="x")
     with pytest.raises(ValueError, match="TrainItem.text"):
         S.TrainItem(kind="qa", prompt="Q?", text="")
+
+
+def test_canary_views_are_spread_over_the_run():
+    # Hand-worked: view v of r goes to copy v % ceil(r/E) in epoch floor(v * E / r).
+    assert S.canary_copies(1, 15) == [(0,)]
+    assert S.canary_copies(4, 15) == [(0, 3, 7, 11)]
+    assert S.canary_copies(3, 1) == [(0,), (0,), (0,)]
+    # 32 views, 3 copies: copy 0 gets views 0, 3, 6, 9, ... -> epochs 0, 1 (45/32), 2 (90/32), 4
+    assert S.canary_copies(32, 15)[0] == (0, 1, 2, 4, 5, 7, 8, 9, 11, 12, 14)
+    assert len(S.canary_copies(32, 15)) == 3
+    for r in (1, 2, 4, 8, 16, 32, 64):
+        copies = S.canary_copies(r, 15)
+        views = [e for c in copies for e in c]
+        assert len(views) == r and all(0 <= e < 15 for e in views)
+        assert all(list(c) == sorted(set(c)) for c in copies)  # one view per copy per epoch
+        per_epoch = np.bincount(views, minlength=15)
+        assert per_epoch.max() - per_epoch.min() <= 1  # evenly spread
+
+
+def test_training_documents_schedule_canary_views_per_run():
+    bench = S.generate(S.SyntheticConfig(**dict(SMALL, num_people=40)))
+    every = S.training_documents(bench, "target")
+    spread = S.training_documents(bench, "target", epochs=15)
+    assert [d for d in every if d.epochs is None] == every
+    assert [d for d in spread if d.kind == "qa"] == [d for d in every if d.kind == "qa"]
+    for c in bench.canaries:
+        views = [e for d in spread if d.text == c["text"] for e in d.epochs]
+        assert len(views) == (c["repetitions"] if c["split"] in ("forget", "retain") else 0)
+    with pytest.raises(ValueError, match="epochs"):
+        S.training_documents(bench, "target", epochs=0)

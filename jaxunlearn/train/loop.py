@@ -462,14 +462,17 @@ def choose_lengths(lengths: Sequence[int], *, epochs: float = 1.0,
     return best
 
 
-def grouped_source(encoded, rows: int, *, seed: int, pad_id: int,
-                   lengths: Sequence[int]) -> BatchSource:
+def grouped_source(encoded, rows: int, *, seed: int, pad_id: int, lengths: Sequence[int],
+                   active: Callable[[int], Sequence[bool]] | None = None) -> BatchSource:
     """Batches of ``rows`` sequences of similar length, a pure function of ``(seed, epoch)``.
 
     Each epoch: sequences are shuffled by ``default_rng([seed, epoch])``, grouped by the
     smallest of ``lengths`` they fit, cut into batches within each group (the last batch
     of a group wraps around to the group's start, so every row is real), and the batches
     are shuffled by ``default_rng([seed, epoch, 1])``. Batches are ``[rows, L]``.
+    ``active(epoch)[i]`` False keeps sequence ``i`` in its place with a zero loss mask
+    that epoch (a canary copy scheduled for other epochs): batches, shapes and the
+    number of steps stay those of every epoch.
     """
     from jaxunlearn.data.batch import collate
 
@@ -481,6 +484,9 @@ def grouped_source(encoded, rows: int, *, seed: int, pad_id: int,
     per_group = [-(-int(n) // rows) for n in sizes]
 
     def epoch_batches(epoch: int):
+        on = [True] * len(encoded) if active is None else list(active(epoch))
+        seqs = [e if keep else e._replace(counted=np.zeros_like(e.counted))
+                for e, keep in zip(encoded, on, strict=True)]
         order = np.random.default_rng([seed, epoch]).permutation(len(encoded))
         chunks = []
         for g, n in enumerate(per_group):
@@ -489,7 +495,7 @@ def grouped_source(encoded, rows: int, *, seed: int, pad_id: int,
             chunks += [(int(bounds[g]), members[i * rows:(i + 1) * rows]) for i in range(n)]
         for j in np.random.default_rng([seed, epoch, 1]).permutation(len(chunks)):
             length, idx = chunks[j]
-            yield collate([encoded[i] for i in idx], length, pad_id)
+            yield collate([seqs[i] for i in idx], length, pad_id)
 
     return BatchSource(steps_per_epoch=sum(per_group), epoch_batches=epoch_batches)
 
@@ -527,7 +533,9 @@ def model_fingerprint(cfg, which: str, benchmark: Path, tokenizer) -> str:
              if k not in ("log_every", "checkpoint_every", "eval_every")}
     manifest = (benchmark / "manifest.json").read_bytes()
     vocab = json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()
+    # "canary_views": canaries seen `repetitions` times per run (before: per epoch).
     payload = {"model": d["model"], "data": data, "train": train, "seed": cfg.seed,
+               "canary_views": "per-run",
                "which": which, "benchmark": hashlib.sha256(manifest).hexdigest(),
                "vocab": hashlib.sha256(vocab).hexdigest()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
@@ -697,6 +705,20 @@ def provenance(cfg, mesh=None) -> dict:
     return {"config": cfg.to_dict(), "env": env_info(mesh)}
 
 
+def _run_epochs(train, rows: int, bench, which: str, forget_split: str) -> int:
+    """Epochs the canary views are spread over: ``train.epochs``, or for a run of
+    ``train.steps`` updates the epochs it takes with every document present (then the
+    run may end a little before a canary's last views)."""
+    import math
+
+    from jaxunlearn.data import synthetic
+
+    if train.steps is None:
+        return max(train.epochs, 1)
+    n = len(synthetic.training_documents(bench, which, forget_split=forget_split))
+    return max(1, math.ceil(train.steps * rows / n))
+
+
 def train_model(cfg, which: str = "target", resume: bool = False, *,
                 progress: bool = True) -> Path:
     """Trains the target (``which="target"``: every trained person, world facts, all trained
@@ -736,18 +758,21 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
         return out
 
     model, config = build_model(cfg, tokenizer)
-    items = synthetic.training_documents(bench, which, forget_split=cfg.data.forget)
+    t = cfg.train
+    rows = t.batch_size * t.grad_accum
+    items = synthetic.training_documents(bench, which, forget_split=cfg.data.forget,
+                                         epochs=_run_epochs(t, rows, bench, which, cfg.data.forget))
     encoded = encode_documents(tokenizer, items, max_len=cfg.data.max_len,
                                truncate=cfg.data.truncate)
     # RoPE would extrapolate past the model's positions without a word.
     check_context([e.length for e in encoded], config, what=f"{which} training sequences")
-    t = cfg.train
-    rows = t.batch_size * t.grad_accum
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     source = grouped_source(encoded, rows, seed=cfg.seed, pad_id=pad,
                             lengths=choose_lengths([e.length for e in encoded],
                                                    epochs=t.epochs if t.steps is None
-                                                   else t.steps * rows / len(encoded)))
+                                                   else t.steps * rows / len(encoded)),
+                            active=lambda epoch: [it.epochs is None or epoch in it.epochs
+                                                  for it in items])
     total = t.steps if t.steps is not None else t.epochs * source.steps_per_epoch
 
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
