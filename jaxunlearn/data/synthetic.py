@@ -835,6 +835,9 @@ def training_documents(source: Benchmark | str | os.PathLike, which: str = "targ
     secret sharer, however many epochs the model trains. ``epochs=None``: ``repetitions``
     copies seen in every epoch.
     """
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                               or epochs < 1):
+        raise BenchmarkError(f"epochs must be None or an integer >= 1, got {epochs!r}")
     bench = source if isinstance(source, Benchmark) else read_benchmark(source)
     if which not in ("target", "retain"):
         raise BenchmarkError(f"which must be 'target' or 'retain', got {which!r}")
@@ -850,9 +853,6 @@ def training_documents(source: Benchmark | str | os.PathLike, which: str = "targ
              for r in [*people, *bench.splits["world_facts"]]]
     items += [TrainItem(kind="text", prompt="", text=b["text"])
               for b in bench.biographies if b["person_id"] in keep]
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
-                               or epochs < 1):
-        raise BenchmarkError(f"epochs must be None or an integer >= 1, got {epochs!r}")
     for c in bench.canaries:
         if c["split"] not in canary_splits:
             continue
