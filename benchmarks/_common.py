@@ -112,7 +112,6 @@ def logits_objective(graphdef, config, *, beta: float, alpha: float) -> Callable
     """The same NPO + alpha * retain-NLL loss on the model's ``[B, T, V]`` logits with
     ``losses`` (log-softmax + gather, plain autodiff): how ``secondorder_methods``
     differentiates the answer NLL, and what ``methods`` did before ``ModelOutput``."""
-    import jax
     from flax import nnx
 
     from jaxunlearn import losses
@@ -122,12 +121,8 @@ def logits_objective(graphdef, config, *, beta: float, alpha: float) -> Callable
         model = nnx.merge(graphdef, params)
         f, r = batch["forget"]["answer"], batch["retain"]
         logp = losses.sequence_logprob(model(f.input_ids, f.attention_mask), f.labels, f.loss_mask)
-        per_seq = jax.vmap(lambda a, b: losses.npo(a[None], b[None], beta))(
-            logp, batch["cache"]["ref_logp"]["answer"])
-        forget_loss = losses.weighted(per_seq, batch["cache"]["weight"])
         retain_loss = losses.token_nll(model(r.input_ids, r.attention_mask), r.labels, r.loss_mask)
-        return forget_loss + alpha * retain_loss, {"forget_loss": forget_loss,
-                                                   "retain_loss": retain_loss}
+        return _npo_plus_retain(logp, retain_loss, batch["cache"], beta=beta, alpha=alpha)
 
     return loss_fn
 
@@ -139,10 +134,9 @@ def fused_objective(graphdef, config, *, beta: float, alpha: float,
     No ``[B, T, V]`` logits or log-softmax are formed: the label log-probs come from the
     fused LM-head rule. Value and gradient equal :func:`library_objective`'s.
     """
-    import jax
     from flax import nnx
 
-    from jaxunlearn import losses, ops
+    from jaxunlearn import ops
 
     def loss_fn(params, batch, key):
         del key
@@ -152,17 +146,26 @@ def fused_objective(graphdef, config, *, beta: float, alpha: float,
         h_f = model.hidden_states(f.input_ids, f.attention_mask)
         logp = ops.sequence_logprob_from_hidden(h_f, head, f.labels, f.loss_mask,
                                                 chunk_size=chunk_size)
-        # Per-sequence NPO, then the (uniform) forget weights: methods.NPO.forget_term.
-        per_seq = jax.vmap(lambda a, r: losses.npo(a[None], r[None], beta))(
-            logp, batch["cache"]["ref_logp"]["answer"])
-        forget_loss = losses.weighted(per_seq, batch["cache"]["weight"])
         h_r = model.hidden_states(r.input_ids, r.attention_mask)
         retain_loss = ops.token_nll_from_hidden(h_r, head, r.labels, r.loss_mask,
                                                 chunk_size=chunk_size)
-        return forget_loss + alpha * retain_loss, {"forget_loss": forget_loss,
-                                                   "retain_loss": retain_loss}
+        return _npo_plus_retain(logp, retain_loss, batch["cache"], beta=beta, alpha=alpha)
 
     return loss_fn
+
+
+def _npo_plus_retain(forget_logp, retain_loss, cache, *, beta: float, alpha: float):
+    """``(npo + alpha * retain_loss, metrics)`` from the forget rows' ``[B]`` log-probs:
+    per-sequence NPO, then the (uniform) forget weights, as ``methods.NPO.forget_term``."""
+    import jax
+
+    from jaxunlearn import losses
+
+    per_seq = jax.vmap(lambda a, r: losses.npo(a[None], r[None], beta))(
+        forget_logp, cache["ref_logp"]["answer"])
+    forget_loss = losses.weighted(per_seq, cache["weight"])
+    return forget_loss + alpha * retain_loss, {"forget_loss": forget_loss,
+                                               "retain_loss": retain_loss}
 
 
 def reference_logprobs(graphdef, params, rows) -> np.ndarray:
