@@ -183,9 +183,25 @@ def reference_logprobs(graphdef, params, rows) -> np.ndarray:
     return np.asarray(score(params, rows))
 
 
-def unlearning_batch(forget: dict, retain: dict, ref_logp: np.ndarray) -> dict[str, Any]:
-    """The batch dict ``jaxunlearn.unlearn`` feeds the step: forget view, retain rows, cache."""
-    return {"forget": {"answer": as_batch(forget)}, "retain": as_batch(retain),
+def unlearning_batch(forget: dict, retain: dict, ref_logp: np.ndarray, *,
+                     padding_free: bool = True, groups: int = 1) -> dict[str, Any]:
+    """The batch dict ``jaxunlearn.unlearn`` feeds the step: forget view, retain rows, cache.
+
+    ``padding_free`` attaches the capacities ``unlearn`` would (``train.padding_free``,
+    ``models.compact``; ``groups`` batch shards): ``methods`` objectives then run the
+    model on real tokens only and the LM head on answer tokens only.
+    """
+    def batch(rows):
+        b = as_batch(rows)
+        if not padding_free:
+            return b
+        from jaxunlearn.models import compact
+
+        return b._replace(compaction=compact.covering(
+            groups, compact.group_counts(b.attention_mask, groups),
+            compact.group_counts(b.loss_mask, groups)))
+
+    return {"forget": {"answer": batch(forget)}, "retain": batch(retain),
             "cache": {"ref_logp": {"answer": np.asarray(ref_logp, np.float32)},
                       "weight": np.ones(len(ref_logp), np.float32)}}
 

@@ -115,6 +115,9 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # 0: only at the end (and on interruption)
     eval_every: int = 0
+    # unlearn: run the model on real tokens only, the LM head on loss tokens only
+    # (models.compact); same values, less arithmetic. False: the padded computation.
+    padding_free: bool = True
 
     def __post_init__(self):
         if self.epochs < 0:

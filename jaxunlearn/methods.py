@@ -54,6 +54,7 @@ import numpy as np
 from flax import nnx
 
 from jaxunlearn import losses, ops
+from jaxunlearn.models import compact
 from jaxunlearn.errors import UserError
 
 __all__ = [
@@ -215,8 +216,12 @@ class ModelOutput:
         """``[B, T]`` float32 ``log p(labels)``, 0 where ``loss_mask`` is 0."""
         if self._label_logprobs is None:
             b = self.batch
-            self._label_logprobs = ops.token_logprobs_from_hidden(self.final, self.head, b.labels,
-                                                                  mask=b.loss_mask)
+            plan = getattr(b, "compaction", None)
+            if plan is None:
+                self._label_logprobs = ops.token_logprobs_from_hidden(
+                    self.final, self.head, b.labels, mask=b.loss_mask)
+            else:
+                self._label_logprobs = _compact_label_logprobs(self.final, self.head, b, plan)
         return self._label_logprobs
 
     def sequence_logprob(self) -> jax.Array:
@@ -233,11 +238,32 @@ class ModelOutput:
         return _mean_token_prob(self.sequence_logprob(), self.batch.loss_mask)
 
 
+def _compact_label_logprobs(final, head, batch, plan) -> jax.Array:
+    """``[B, T]`` label log-probs with the LM head applied to ``plan.labels`` tokens per group.
+
+    The loss tokens come first in each group's order (``models.compact``); the rest of
+    the ``C`` picked are mask-0 tokens, which ``ops`` scores 0 without gradient.
+    """
+    B, T = batch.labels.shape
+    size = min(plan.labels, B // plan.groups * T)
+    order = compact.token_order(batch.loss_mask, plan.groups, size)
+    picked = ops.token_logprobs_from_hidden(
+        compact.gather(final, order), head, compact.gather(batch.labels, order),
+        mask=compact.gather(batch.loss_mask, order))
+    poison = jnp.where(compact.overflow(batch.loss_mask, plan.groups, size), jnp.nan, 0.0)
+    return compact.scatter(picked, order, B, T) + poison
+
+
 def forward(graphdef: nnx.GraphDef, params: Any, batch: Any,
             hidden_layer: int | None = None) -> ModelOutput:
-    """:class:`ModelOutput` of the model ``(graphdef, params)`` on a ``Batch`` ``[B, T]``."""
+    """:class:`ModelOutput` of the model ``(graphdef, params)`` on a ``Batch`` ``[B, T]``.
+
+    A batch with a ``compaction`` runs padding-free (``models.compact``): the trunk on
+    its real tokens, the fused LM head on its loss tokens; equal values at those tokens.
+    """
     model = nnx.merge(graphdef, params)
-    final, hidden = model.trunk(batch.input_ids, batch.attention_mask, hidden_layer=hidden_layer)
+    final, hidden = model.trunk(batch.input_ids, batch.attention_mask, hidden_layer=hidden_layer,
+                                compaction=getattr(batch, "compaction", None))
     return ModelOutput(batch, final, model.output_head(), hidden)
 
 

@@ -199,7 +199,7 @@ def micro_batches(encoded: Sequence[batch_lib.Encoded], rows: int, micro_batch: 
     """``[K, C, T]`` arrays: ``encoded`` (at most ``rows``) padded with empty rows to
     ``rows = K·C`` and cut into ``K`` micro-batches of ``C = micro_batch`` rows."""
     b = batch_lib.collate(list(encoded), seq_len, pad_id, batch_size=rows)
-    return batch_lib.Batch(*(x.reshape(rows // micro_batch, micro_batch, seq_len) for x in b))
+    return jax.tree.map(lambda x: x.reshape(rows // micro_batch, micro_batch, seq_len), b)
 
 
 # ------------------------------------------------------------------------------ configs

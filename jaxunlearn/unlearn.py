@@ -43,12 +43,13 @@ from flax import nnx
 from jaxunlearn import losses, methods, validate
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.errors import UserError
+from jaxunlearn.models import compact
 from jaxunlearn.train import loop as loop_lib
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train import step as step_lib
 
-__all__ = ["IDK_FALLBACK", "Prepared", "prepare_data", "PairedSchedule", "build_cache",
-           "unlearn_model", "run_unlearning"]
+__all__ = ["IDK_FALLBACK", "Prepared", "prepare_data", "PairedSchedule", "run_compactions",
+           "build_cache", "unlearn_model", "run_unlearning"]
 
 # Refusals for forget records without an ``idk_answer`` (real TOFU files); record i gets
 # IDK_FALLBACK[i % len]: deterministic, and varied so IdkDPO does not learn one string.
@@ -141,6 +142,32 @@ class PairedSchedule:
         rng = np.random.default_rng([self.seed, epoch, 1])
         perms = [rng.permutation(self.n_retain) for _ in range(-(-need // self.n_retain))]
         return np.concatenate(perms)[:need].reshape(-1, self.rows)
+
+
+def run_compactions(data: Prepared, sched: PairedSchedule, epochs: int, *, micro_rows: int,
+                    groups: int) -> tuple[dict[str, compact.Compaction], compact.Compaction]:
+    """Padding-free capacities (``models.compact``) for every batch of a run.
+
+    One ``Compaction`` per forget view and one for the retain rows, each the largest
+    per-group count of real / loss tokens over the micro-batches of ``epochs`` epochs of
+    ``sched`` (micro-batches of ``micro_rows`` rows, ``groups`` batch shards each): fixed
+    for the run, so the step compiles once.
+    """
+    def plan(encoded: Sequence[batch_lib.Encoded], index: np.ndarray) -> compact.Compaction:
+        real = np.array([e.length for e in encoded], np.int64)
+        loss = np.array([int(np.count_nonzero(e.counted[1:])) for e in encoded], np.int64)
+
+        def per_group(per_item: np.ndarray) -> np.ndarray:
+            return per_item[index].reshape(-1, groups, micro_rows // groups).sum(axis=-1)
+
+        return compact.covering(groups, per_group(real), per_group(loss))
+
+    f_idx = np.concatenate([sched.forget_rows(e) for e in range(epochs)] or
+                           [np.zeros((0, sched.rows), np.int64)])
+    r_idx = np.concatenate([sched.retain_rows(e) for e in range(epochs)] or
+                           [np.zeros((0, sched.rows), np.int64)])
+    return ({view: plan(enc, f_idx) for view, enc in data.forget.items()},
+            plan(data.retain, r_idx))
 
 
 # ----------------------------------------------------------------------------------- the cache
@@ -351,13 +378,20 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
                         strengthened=strengthened)
     del strengthened  # from here on, only the model being unlearned is on the device
 
+    plans, retain_plan = {}, None
+    if train_cfg.padding_free:
+        shards = 1 if mesh is None else math.prod(mesh.shape.values())
+        plans, retain_plan = run_compactions(data, sched, epochs, micro_rows=train_cfg.batch_size,
+                                             groups=shards)
+
     def epoch_batches(epoch: int):
         for f_idx, r_idx in zip(sched.forget_rows(epoch), sched.retain_rows(epoch)):
             yield {
                 "forget": {v: batch_lib.collate([enc[i] for i in f_idx], data.t_forget,
-                                                data.pad_id) for v, enc in data.forget.items()},
+                                                data.pad_id)._replace(compaction=plans.get(v))
+                           for v, enc in data.forget.items()},
                 "retain": batch_lib.collate([data.retain[i] for i in r_idx], data.t_retain,
-                                            data.pad_id),
+                                            data.pad_id)._replace(compaction=retain_plan),
                 "cache": cache.rows(f_idx, r_idx),
             }
 

@@ -92,7 +92,7 @@ def random_batch(rows, real, T, vocab, seed):
 
 
 def as_micro(b, c):
-    return batch_lib.Batch(*(x.reshape(-1, c, x.shape[-1]) for x in b))
+    return jax.tree.map(lambda x: x.reshape(-1, c, x.shape[-1]), b)
 
 
 def np_log_softmax(z):
@@ -111,7 +111,7 @@ def dense():
     graphdef, params = nnx.split(Llama(LlamaConfig(**MICRO), rngs=nnx.Rngs(3)), nnx.Param)
     forget = random_batch(4, 3, 6, 11, seed=1)  # row 3 is an empty padding row
     retain = random_batch(4, 4, 6, 11, seed=2)
-    both = batch_lib.Batch(*(np.concatenate([f, r]) for f, r in zip(forget, retain)))
+    both = jax.tree.map(lambda f, r: np.concatenate([f, r]), forget, retain)
     flat, unravel = ravel_pytree(params)
     logits_fn = lambda f: nnx.merge(graphdef, unravel(f))(both.input_ids,  # noqa: E731
                                                           both.attention_mask)

@@ -161,6 +161,48 @@ def test_one_device_equals_eight_simulated_devices(target, npo_one_device):
     assert any(x.sharding.spec and "fsdp" in x.sharding.spec for x in jax.tree.leaves(p8))
 
 
+def test_padding_free_equals_padded(target, npo_one_device):
+    """``train.padding_free`` (the default) changes the arithmetic, not the run."""
+    model, tok, forget, retain, _, _ = target
+    padded = unlearn.unlearn_model(model, tok, forget, retain, NPO_SPEC,
+                                   _train(padding_free=False), seed=0, max_len=64)
+    for key in ("loss", "forget_prob", "retain_prob", "grad_norm"):
+        np.testing.assert_allclose([h[key] for h in npo_one_device.history],
+                                   [h[key] for h in padded.history], rtol=1e-5, atol=1e-5)
+    for records in (forget, retain):
+        np.testing.assert_allclose(_answer_prob(npo_one_device.model, tok, records),
+                                   _answer_prob(padded.model, tok, records), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("micro_rows,groups,accum", [(4, 1, 1), (4, 2, 1), (2, 2, 2)])
+def test_run_compactions_cover_every_micro_batch_of_the_run(target, micro_rows, groups, accum):
+    model, tok, forget, retain, _, _ = target
+    method = methods.get_method("idk_dpo")
+    data = unlearn.prepare_data(tok, forget, retain, method, max_len=64)
+    sched = unlearn.PairedSchedule(n_forget=len(forget), n_retain=len(retain),
+                                   rows=micro_rows * accum, seed=3)
+    plans, retain_plan = unlearn.run_compactions(data, sched, 2, micro_rows=micro_rows,
+                                                 groups=groups)
+    assert set(plans) == {"answer", "idk"}
+    # Independently: collate every micro-batch and count its masks per row block.
+    need = {}
+    for epoch in range(2):
+        for f_idx, r_idx in zip(sched.forget_rows(epoch), sched.retain_rows(epoch)):
+            for a in range(accum):
+                part = slice(a * micro_rows, (a + 1) * micro_rows)
+                views = {v: [enc[i] for i in f_idx[part]] for v, enc in data.forget.items()}
+                views["retain"] = [data.retain[i] for i in r_idx[part]]
+                for v, seqs in views.items():
+                    b = batch_lib.collate(seqs, 64, 0)
+                    for field, mask in (("tokens", b.attention_mask), ("labels", b.loss_mask)):
+                        counts = mask.reshape(groups, -1).sum(axis=1)
+                        need[v, field] = max(need.get((v, field), 0), int(counts.max()))
+    for v, plan in {**plans, "retain": retain_plan}.items():
+        assert plan.groups == groups
+        for field in ("tokens", "labels"):
+            assert getattr(plan, field) == -(-need[v, field] // 8) * 8, (v, field)
+
+
 # ------------------------------------------------------------------------------ data and schedule
 
 

@@ -14,7 +14,7 @@ every token.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,12 +29,15 @@ class Batch(NamedTuple):
       labels: int32 ids of the *next* token (``input_ids`` shifted left by one).
       loss_mask: float32, 1.0 on tokens that count in the loss (answer tokens), else 0.0.
       attention_mask: int32, 1 for real tokens, 0 for padding.
+      compaction: optional ``models.compact.Compaction`` (static capacities, not an
+        array): objectives then run the model padding-free on this batch.
     """
 
     input_ids: np.ndarray
     labels: np.ndarray
     loss_mask: np.ndarray
     attention_mask: np.ndarray
+    compaction: Any = None
 
 
 # ----------------------------------------------------------------------------------

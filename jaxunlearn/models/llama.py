@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxunlearn.models import compact
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # What a rematerialised block may keep from its forward pass (jax.checkpoint_policies).
 REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable",
@@ -323,8 +325,14 @@ class Attention(nnx.Module):
             self.k_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), dt, zeros=True)
             self.v_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), dt, zeros=True)
 
-    def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None):
-        """x ``[B, T, D]``; key_mask ``[B, T, S]`` bool; returns ``([B, T, D], (k, v))``."""
+    def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None,
+                 order=None):
+        """x ``[B, T, D]``; key_mask ``[B, T, S]`` bool; returns ``([B, T, D], (k, v))``.
+
+        With ``order`` (``[G, C]``, ``models.compact``) x and positions are the compacted
+        ``[G, C, ...]`` tokens: the projections run on them, attention on the ``[B, T]``
+        layout ``key_mask`` describes.
+        """
         c = self.config
         dt = c.compute_dtype
         q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))
@@ -336,6 +344,9 @@ class Attention(nnx.Module):
             v = v + self.v_bias[...].astype(dt)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
+        if order is not None:
+            B, T = key_mask.shape[:2]
+            q, k, v = (compact.scatter(a, order, B, T) for a in (q, k, v))
         if cache_kv is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype),
                                                     cache_index, axis=1)
@@ -347,6 +358,8 @@ class Attention(nnx.Module):
                                                implementation="cudnn")
         else:
             out = _attention(q, k, v, key_mask)
+        if order is not None:
+            out = compact.gather(out, order)
         return jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt)), (k, v)
 
 
@@ -373,8 +386,10 @@ class Block(nnx.Module):
         self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dt, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None):
-        h, kv = self.attn(self.input_norm(x), positions, key_mask, inv_freq, cache_kv, cache_index)
+    def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None,
+                 order=None):
+        h, kv = self.attn(self.input_norm(x), positions, key_mask, inv_freq, cache_kv, cache_index,
+                          order)
         x = x + h
         return x + self.mlp(self.post_attn_norm(x)), kv
 
@@ -411,13 +426,28 @@ class Llama(nnx.Module):
         return self.trunk(input_ids, attention_mask, positions)[0]
 
     def trunk(self, input_ids, attention_mask=None, positions=None, *,
-              hidden_layer: int | None = None) -> tuple[jax.Array, jax.Array | None]:
+              hidden_layer: int | None = None,
+              compaction: compact.Compaction | None = None) -> tuple[jax.Array, jax.Array | None]:
         """``(final-normed hidden states [B, T, D], residual stream after block hidden_layer)``.
 
         Everything of :meth:`forward` but the LM head, for objectives that take the label
         log-probs with ``jaxunlearn.ops`` instead of forming the ``[B, T, V]`` logits.
+        With ``compaction`` the token-wise work runs on the real tokens only
+        (``models.compact``): equal outputs at real tokens, unspecified ones at padding;
+        NaN everywhere if a group holds more real tokens than ``compaction.tokens``.
         """
-        x, _, hidden = self._trunk(input_ids, attention_mask, positions, None, hidden_layer)
+        if compaction is None:
+            x, _, hidden = self._trunk(input_ids, attention_mask, positions, None, hidden_layer)
+            return x, hidden
+        B, T = input_ids.shape
+        mask = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask
+        size = min(compaction.tokens, B // compaction.groups * T)
+        order = compact.token_order(mask, compaction.groups, size)
+        x, _, hidden = self._trunk(input_ids, mask, positions, None, hidden_layer, order)
+        poison = jnp.where(compact.overflow(mask, compaction.groups, size), jnp.nan, 0.0)
+        x = compact.scatter(x, order, B, T) + poison.astype(x.dtype)
+        if hidden is not None:
+            hidden = compact.scatter(hidden, order, B, T) + poison.astype(hidden.dtype)
         return x, hidden
 
     def output_head(self) -> jax.Array:
@@ -438,8 +468,11 @@ class Llama(nnx.Module):
         logits = jnp.einsum("BTD,DV->BTV", x, self.output_head())
         return LlamaOutput(logits=logits, cache=new_cache, hidden=hidden)
 
-    def _trunk(self, input_ids, attention_mask, positions, cache, hidden_layer):
-        """Embedding, blocks and final norm: ``(x [B, T, D], new cache, hidden or None)``."""
+    def _trunk(self, input_ids, attention_mask, positions, cache, hidden_layer, order=None):
+        """Embedding, blocks and final norm: ``(x [B, T, D], new cache, hidden or None)``.
+
+        With ``order`` (``[G, C]``) ``x`` and ``hidden`` are the compacted ``[G, C, D]``.
+        """
         c = self.config
         B, T = input_ids.shape
         dt = c.compute_dtype
@@ -459,6 +492,8 @@ class Llama(nnx.Module):
                 positions = jnp.maximum(jnp.take(counts, slot, axis=1), 0)
             key_mask = (jnp.arange(S)[None, :] <= slot[:, None])[None] & (attention_mask[:, None, :] > 0)
         inv_freq = rope_frequencies(c)
+        if order is not None:
+            input_ids, positions = compact.gather(input_ids, order), compact.gather(positions, order)
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(dt)
         new_keys, new_values, hidden = [], [], None
         for i, block in enumerate(self.layers):
@@ -467,9 +502,9 @@ class Llama(nnx.Module):
             if c.remat and cache is None:
                 policy = getattr(jax.checkpoint_policies, c.remat_policy)
                 x, kv = nnx.remat(lambda blk, *a: blk(*a), policy=policy)(
-                    block, x, positions, key_mask, inv_freq)
+                    block, x, positions, key_mask, inv_freq, None, None, order)
             else:
-                x, kv = block(x, positions, key_mask, inv_freq, kv, idx)
+                x, kv = block(x, positions, key_mask, inv_freq, kv, idx, order)
             new_keys.append(kv[0])
             new_values.append(kv[1])
             if hidden_layer is not None and i == hidden_layer:
