@@ -134,7 +134,10 @@ def main(argv=None) -> float:
                                                 chunk_size=args.chunk_size)
 
     ref = np.asarray(ref_logp(params, mesh_lib.shard_batch(forget, mesh)))
-    batch = mesh_lib.shard_batch(_common.unlearning_batch(forget, retain, ref), mesh)
+    # Padded: MFU counts 6 N FLOPs per batch token, so it is measured on the dense step
+    # (padding-free would skip tokens the FLOP count includes).
+    batch = mesh_lib.shard_batch(_common.unlearning_batch(forget, retain, ref,
+                                                          padding_free=False), mesh)
     if args.objective == "fused":
         loss_fn = _common.fused_objective(graphdef, config, beta=0.1, alpha=1.0,
                                           chunk_size=args.chunk_size)

@@ -8,10 +8,14 @@ Both sides run the same model, weights, batch and update, float32 on the CPU:
 * forward + backward + global-norm clipping (1.0) + AdamW (lr 1e-5, weight decay 0.01).
 
 jaxunlearn is timed twice: ``library`` is the step ``jaxunlearn unlearn method=npo`` runs
-(``methods.NPO.objective`` + ``train.step.make_train_step``; its label log-probs come from
+(``methods.NPO.objective`` + ``train.step.make_train_step``, padding-free as
+``train.padding_free`` makes it: the model on the real tokens only, the LM head on the
+answer tokens only, ``models.compact``; its label log-probs come from
 ``methods.ModelOutput``, i.e. ``jaxunlearn.ops``); ``fused`` writes the same loss by hand
-on ``Llama.hidden_states`` with ``jaxunlearn.ops`` (and takes ``--chunk-size``). Neither
-forms float32 ``[B, T, V]`` logits or their log-softmax. PyTorch is
+on the padded batch with ``Llama.hidden_states`` and ``jaxunlearn.ops`` (and takes
+``--chunk-size``). Neither forms float32 ``[B, T, V]`` logits or their log-softmax.
+GFLOP/s are model FLOPs of the padded batch over time (for ``library``, which skips the
+padding, an effective rate). PyTorch is
 ``LlamaForCausalLM`` (SDPA attention, the transformers default) with ``log_softmax`` +
 ``gather``, ``clip_grad_norm_`` and ``torch.optim.AdamW``, on as many threads as XLA uses.
 

@@ -284,11 +284,29 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
-def _attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array) -> jax.Array:
+def _tokens(x: jax.Array) -> jax.Array:
+    """``[..., D] -> [M, D]``: token-wise products as plain 2-D matmuls.
+
+    With two leading axes (``BTD,DF->BTF``) the weight gradient contracts over both, and
+    XLA's CPU backend then writes the ``[B*T, F]`` cotangent out transposed before the
+    matmul (a strided copy per projection); the 2-D form needs none (measured 1.7x faster
+    for an MLP projection's forward + backward at ``B*T = 1520``, ``F = 1536``).
+    """
+    return x.reshape(-1, x.shape[-1])
+
+
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, *,
+               causal_blocks: int = 1) -> jax.Array:
     """Grouped-query softmax attention ``softmax(q k^T / sqrt(H)) v``.
 
     q ``[B, T, N, H]``, k/v ``[B, S, K, H]``, key_mask ``[B, T, S]`` bool -> ``[B, T, N, H]``.
     Scores and softmax in float32.
+
+    ``causal_blocks=n`` (requires ``S == T``, ``n`` dividing ``T``, and a key_mask that is
+    causal, i.e. False wherever ``s > t``) splits the queries into ``n`` blocks; block ``i``
+    scores only the keys ``< (i + 1) T / n``, the others being masked anyway. That skips
+    ``(n - 1) / 2n`` of the scores, softmax and both products (25 % for ``n = 2``),
+    with the same values.
     """
     B, T, N, H = q.shape
     S, K = k.shape[1], k.shape[2]
@@ -296,18 +314,37 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array) ->
     # Head-major layout: the G query heads sharing a kv head are stacked along the rows
     # (Q = G*T), so each (b, kv head) pair is one [Q, H] x [H, S] matmul instead of G
     # small ones; about 2x faster forward and 1.5x forward+backward on the CPU at T=256.
-    qh = q.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
+    qh = q.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, H]
-    # float32 scores straight from the matmul (bf16 inputs accumulate in f32); the scale
-    # fuses into the softmax's elementwise pass.
-    scores = jnp.einsum("BKQH,BKSH->BKQS", qh, kh,
-                        preferred_element_type=jnp.float32) / math.sqrt(H)
-    mask = jnp.broadcast_to(key_mask[:, None, None], (B, 1, G, T, S)).reshape(B, 1, G * T, S)
-    # A large finite negative (not -inf) keeps fully padded query rows finite.
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("BKQS,BKSH->BKQH", probs, vh)
-    return out.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+    if causal_blocks > 1 and (S != T or T % causal_blocks):
+        raise ValueError(f"causal_blocks={causal_blocks} needs S == T divisible by it, "
+                         f"got T={T}, S={S}")
+    step = T // causal_blocks
+    outs = []
+    for i in range(causal_blocks):
+        rows, keys = slice(i * step, (i + 1) * step), (i + 1) * step if causal_blocks > 1 else S
+        qb = qh[:, :, :, rows].reshape(B, K, G * step, H)
+        # float32 scores straight from the matmul (bf16 inputs accumulate in f32); the
+        # scale fuses into the softmax's elementwise pass.
+        scores = jnp.einsum("BKQH,BKSH->BKQS", qb, kh[:, :, :keys],
+                            preferred_element_type=jnp.float32) / math.sqrt(H)
+        mask = jnp.broadcast_to(key_mask[:, None, None, rows, :keys],
+                                (B, 1, G, step, keys)).reshape(B, 1, G * step, keys)
+        # A large finite negative (not -inf) keeps fully padded query rows finite.
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        outs.append(jnp.einsum("BKQS,BKSH->BKQH", probs, vh[:, :, :keys])
+                    .reshape(B, K, G, step, H))
+    out = outs[0] if causal_blocks == 1 else jnp.concatenate(outs, axis=3)
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+
+
+def _causal_blocks(length: int) -> int:
+    """Query blocks for causal attention over ``length`` positions: up to 4, of 64 or more."""
+    n = 1
+    while n < 4 and length % (2 * n) == 0 and length // (2 * n) >= 64:
+        n *= 2
+    return n
 
 
 class Attention(nnx.Module):
@@ -335,9 +372,10 @@ class Attention(nnx.Module):
         """
         c = self.config
         dt = c.compute_dtype
-        q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))
-        k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dt))
-        v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dt))
+        lead, flat = x.shape[:-1], _tokens(x)
+        q = jnp.einsum("MD,DNH->MNH", flat, self.q[...].astype(dt)).reshape(*lead, *self.q.shape[1:])
+        k = jnp.einsum("MD,DKH->MKH", flat, self.k[...].astype(dt)).reshape(*lead, *self.k.shape[1:])
+        v = jnp.einsum("MD,DKH->MKH", flat, self.v[...].astype(dt)).reshape(*lead, *self.v.shape[1:])
         if c.attention_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -357,10 +395,12 @@ class Attention(nnx.Module):
             out = jax.nn.dot_product_attention(q, k, v, mask=key_mask[:, None], is_causal=True,
                                                implementation="cudnn")
         else:
-            out = _attention(q, k, v, key_mask)
+            out = _attention(q, k, v, key_mask, causal_blocks=(
+                1 if cache_kv is not None else _causal_blocks(key_mask.shape[1])))
         if order is not None:
             out = compact.gather(out, order)
-        return jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt)), (k, v)
+        out = jnp.einsum("MNH,NHD->MD", out.reshape(-1, *out.shape[-2:]), self.o[...].astype(dt))
+        return out.reshape(*lead, out.shape[-1]), (k, v)
 
 
 class MLP(nnx.Module):
@@ -373,9 +413,10 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.dtype
-        gate = jnp.einsum("BTD,DF->BTF", x, self.gate[...].astype(dt))
-        up = jnp.einsum("BTD,DF->BTF", x, self.up[...].astype(dt))
-        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down[...].astype(dt))
+        flat = _tokens(x)
+        gate = flat @ self.gate[...].astype(dt)
+        up = flat @ self.up[...].astype(dt)
+        return ((jax.nn.silu(gate) * up) @ self.down[...].astype(dt)).reshape(x.shape)
 
 
 class Block(nnx.Module):
