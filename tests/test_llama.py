@@ -143,3 +143,29 @@ def test_config_validation_names_field():
     with pytest.raises(ValueError, match="dtype"):
         LlamaConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_layers=1,
                     num_heads=2, num_kv_heads=2, dtype="float8")
+
+
+@pytest.mark.parametrize("blocks", [2, 4])
+def test_causal_query_blocks_equal_one_block_in_value_and_gradient(blocks):
+    """``_attention(causal_blocks=n)`` skips only key tiles a causal mask hides."""
+    from jaxunlearn.models.llama import _attention, _causal_blocks
+
+    assert [_causal_blocks(t) for t in (64, 128, 256, 512, 2048, 96)] == [1, 2, 4, 4, 4, 1]
+    rng = np.random.default_rng(blocks)
+    B, T, N, K, H = 2, 128, 4, 2, 8
+    q, k, v = (jnp.asarray(rng.normal(size=(B, T, n, H)), jnp.float32) for n in (N, K, K))
+    lengths = np.array([100, 128])
+    mask = jnp.asarray(np.tril(np.ones((T, T), bool))[None]
+                       & (np.arange(T)[None, None, :] < lengths[:, None, None]))
+    w = jnp.asarray(rng.normal(size=(B, T, N, H)), jnp.float32)
+
+    def loss(q, k, v, n):
+        return jnp.sum(w * _attention(q, k, v, mask, causal_blocks=n))
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    (v1, g1), (vn, gn) = grad(q, k, v, 1), grad(q, k, v, blocks)
+    np.testing.assert_allclose(float(vn), float(v1), rtol=1e-5)
+    for a, b in zip(g1, gn):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+    with pytest.raises(ValueError, match="causal_blocks=3"):
+        _attention(q, k, v, mask, causal_blocks=3)
