@@ -27,6 +27,7 @@ Axes: B rows, T positions, G groups, M = B/G*T tokens per group, C capacity per 
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,7 +106,6 @@ def token_order(mask: jax.Array, groups: int, size: int) -> jax.Array:
 
 def overflow(mask: jax.Array, groups: int, size: int) -> jax.Array:
     """Scalar bool: does some group hold more than ``size`` kept tokens?"""
-    B, _ = mask.shape
     counts = jnp.sum(jnp.asarray(mask).reshape(groups, -1) != 0, axis=1)
     return jnp.any(counts > size)
 

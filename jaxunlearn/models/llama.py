@@ -373,9 +373,11 @@ class Attention(nnx.Module):
         c = self.config
         dt = c.compute_dtype
         lead, flat = x.shape[:-1], _tokens(x)
-        q = jnp.einsum("MD,DNH->MNH", flat, self.q[...].astype(dt)).reshape(*lead, *self.q.shape[1:])
-        k = jnp.einsum("MD,DKH->MKH", flat, self.k[...].astype(dt)).reshape(*lead, *self.k.shape[1:])
-        v = jnp.einsum("MD,DKH->MKH", flat, self.v[...].astype(dt)).reshape(*lead, *self.v.shape[1:])
+
+        def project(w):  # [M, D] x [D, heads, H] -> [..., heads, H]
+            return jnp.einsum("MD,DNH->MNH", flat, w[...].astype(dt)).reshape(*lead, *w.shape[1:])
+
+        q, k, v = project(self.q), project(self.k), project(self.v)
         if c.attention_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
