@@ -145,12 +145,7 @@ def test_one_device_equals_eight_simulated_devices(target, npo_one_device):
                                   max_len=64, mesh=mesh)
     # Sharded reductions sum in a different order: grad_norm (~15) differs in the
     # 7th significant digit, so the bound is relative as well as absolute.
-    for key in ("loss", "forget_prob", "retain_prob", "grad_norm"):
-        np.testing.assert_allclose([h[key] for h in eight.history],
-                                   [h[key] for h in one.history], rtol=1e-5, atol=1e-5)
-    for records in (forget, retain):
-        np.testing.assert_allclose(_answer_prob(eight.model, tok, records),
-                                   _answer_prob(one.model, tok, records), rtol=1e-5, atol=0)
+    _assert_same_run(eight, one, tok, forget, retain)
     # Adam divides each element's step by its own gradient scale, so an element whose
     # gradient sits at rounding level can move by up to one learning rate either way:
     # single weights are compared against a fraction of a step, the function above at 1e-5.
@@ -166,12 +161,17 @@ def test_padding_free_equals_padded(target, npo_one_device):
     model, tok, forget, retain, _, _ = target
     padded = unlearn.unlearn_model(model, tok, forget, retain, NPO_SPEC,
                                    _train(padding_free=False), seed=0, max_len=64)
+    _assert_same_run(npo_one_device, padded, tok, forget, retain)
+
+
+def _assert_same_run(got, expected, tok, forget, retain):
+    """Histories and final answer probabilities equal to 1e-5 (relative)."""
     for key in ("loss", "forget_prob", "retain_prob", "grad_norm"):
-        np.testing.assert_allclose([h[key] for h in npo_one_device.history],
-                                   [h[key] for h in padded.history], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose([h[key] for h in got.history],
+                                   [h[key] for h in expected.history], rtol=1e-5, atol=1e-5)
     for records in (forget, retain):
-        np.testing.assert_allclose(_answer_prob(npo_one_device.model, tok, records),
-                                   _answer_prob(padded.model, tok, records), rtol=1e-5, atol=0)
+        np.testing.assert_allclose(_answer_prob(got.model, tok, records),
+                                   _answer_prob(expected.model, tok, records), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("micro_rows,groups,accum", [(4, 1, 1), (4, 2, 1), (2, 2, 2)])
