@@ -5,9 +5,10 @@ dense matrix products: per layer the q/k/v/o and gate/up/down projections, the t
 attention products per head, and the LM head, each once forward and twice backward
 (``dX = dY W^T``, ``dW = X^T dY``). This script runs exactly that list of products with
 random float32 operands, nothing else, jitted in XLA and with ``torch.matmul`` on the
-same thread count, interleaved, medians. A step cannot be faster than its floor on the
-same library; ``step / floor`` is the share of the step the rest (softmax, norms,
-elementwise work, AdamW, framework overhead) costs.
+same thread count, interleaved, medians. A padded step cannot be faster than its floor
+on the same library; ``step / floor`` is the share of the step the rest (softmax, norms,
+elementwise work, AdamW, framework overhead) costs. (The padding-free library step does
+fewer products than this list, so it can be below the floor.)
 
     .venv/bin/python benchmarks/gemm_floor.py                    # step_vs_torch's shapes
     .venv/bin/python benchmarks/gemm_floor.py --layers 2 --steps 3

@@ -245,12 +245,11 @@ def _compact_label_logprobs(final, head, batch, plan) -> jax.Array:
     the ``C`` picked are mask-0 tokens, which ``ops`` scores 0 without gradient.
     """
     B, T = batch.labels.shape
-    size = min(plan.labels, B // plan.groups * T)
-    order = compact.token_order(batch.loss_mask, plan.groups, size)
+    order = compact.token_order(batch.loss_mask, plan.groups, plan.labels)
     picked = ops.token_logprobs_from_hidden(
         compact.gather(final, order), head, compact.gather(batch.labels, order),
         mask=compact.gather(batch.loss_mask, order))
-    poison = jnp.where(compact.overflow(batch.loss_mask, plan.groups, size), jnp.nan, 0.0)
+    poison = jnp.where(compact.overflow(batch.loss_mask, plan.groups, plan.labels), jnp.nan, 0.0)
     return compact.scatter(picked, order, B, T) + poison
 
 

@@ -380,9 +380,8 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
 
     plans, retain_plan = {}, None
     if train_cfg.padding_free:
-        shards = 1 if mesh is None else math.prod(mesh.shape.values())
         plans, retain_plan = run_compactions(data, sched, epochs, micro_rows=train_cfg.batch_size,
-                                             groups=shards)
+                                             groups=1 if mesh is None else mesh.size)
 
     def epoch_batches(epoch: int):
         for f_idx, r_idx in zip(sched.forget_rows(epoch), sched.retain_rows(epoch)):

@@ -12,7 +12,7 @@ no arithmetic. Outputs at the real tokens equal the padded computation's; paddin
 positions hold unspecified (finite) values, as they do in the padded computation.
 
 Capacities are static (they are shapes), so the caller fixes them for a whole run: the
-host knows every batch's masks in advance (:func:`capacity`). Rows are compacted in
+host knows every batch's masks in advance (:func:`covering`). Rows are compacted in
 ``groups`` consecutive blocks, one per batch shard of a mesh, so that under data
 parallelism each gather stays on its device.
 
@@ -92,7 +92,7 @@ def token_order(mask: jax.Array, groups: int, size: int) -> jax.Array:
     Args:
       mask: ``[B, T]``; nonzero marks the tokens to keep.
       groups: ``G``, must divide ``B``.
-      size: ``C <= M``.
+      size: the capacity; a group has only ``M`` tokens, so ``C = min(size, M)``.
     Returns:
       ``[G, C]`` int32 indices into the group's ``M`` tokens (row-major): the kept tokens
       in order, then the others in order.
@@ -101,7 +101,7 @@ def token_order(mask: jax.Array, groups: int, size: int) -> jax.Array:
     flat = jnp.asarray(mask).reshape(groups, (B // groups) * T) != 0
     # Stable: kept tokens keep their order, so causal structure is untouched.
     order = jnp.argsort(~flat, axis=1, stable=True)
-    return order[:, :size].astype(jnp.int32)
+    return order[:, :min(size, flat.shape[1])].astype(jnp.int32)
 
 
 def overflow(mask: jax.Array, groups: int, size: int) -> jax.Array:

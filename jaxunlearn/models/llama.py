@@ -484,10 +484,10 @@ class Llama(nnx.Module):
             return x, hidden
         B, T = input_ids.shape
         mask = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask
-        size = min(compaction.tokens, B // compaction.groups * T)
-        order = compact.token_order(mask, compaction.groups, size)
+        order = compact.token_order(mask, compaction.groups, compaction.tokens)
         x, _, hidden = self._trunk(input_ids, mask, positions, None, hidden_layer, order)
-        poison = jnp.where(compact.overflow(mask, compaction.groups, size), jnp.nan, 0.0)
+        poison = jnp.where(compact.overflow(mask, compaction.groups, compaction.tokens),
+                           jnp.nan, 0.0)
         x = compact.scatter(x, order, B, T) + poison.astype(x.dtype)
         if hidden is not None:
             hidden = compact.scatter(hidden, order, B, T) + poison.astype(hidden.dtype)
