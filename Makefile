@@ -29,9 +29,11 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/jaxunlearn demo
 
 # Two workers (one per core); a test file's tests stay in one worker so its
-# module-scoped fixtures (trained tiny models) are built once.
+# module-scoped fixtures (trained tiny models) are built once. A crashed worker ends the
+# run (naming the test) rather than being replaced: xdist 3.8's loadfile scheduler can
+# wait forever for a replacement's work (pytest-xdist#784).
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart=0 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

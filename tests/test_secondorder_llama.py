@@ -17,7 +17,6 @@ from jaxunlearn.data.batch import Batch
 from jaxunlearn.models import Llama
 from jaxunlearn.models.presets import get_preset
 from jaxunlearn.secondorder_methods import answer_nll, curvature_product
-from jaxunlearn.solvers import tree_norm, tree_vdot
 from jaxunlearn.train import mesh as mesh_lib
 
 VOCAB, B, T = 97, 4, 12
@@ -54,11 +53,27 @@ def random_like(params, seed, unit=False):
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     v = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype)
                                      for k, x in zip(keys, leaves)])
-    return jax.tree.map(lambda x: x / tree_norm(v), v) if unit else v
+    return jax.tree.map(lambda x: x / np.linalg.norm(flat(v)), v) if unit else v
+
+
+def flat(tree):
+    """All leaves of ``tree`` as one float64 host vector.
+
+    Comparisons run in NumPy on the host: one transfer per product instead of dozens of
+    small programs over 8-device-sharded leaves queued behind the product, which on an
+    overloaded 2-core machine can exhaust the XLA CPU client's launch threads (all
+    blocked in an all-reduce or on the per-device in-flight limit) and deadlock.
+    """
+    return np.concatenate([np.asarray(x, np.float64).ravel()
+                           for x in jax.tree.leaves(jax.device_get(tree))])
 
 
 def rel_err(a, b):
-    return float(tree_norm(jax.tree.map(jnp.subtract, a, b)) / tree_norm(b))
+    return float(np.linalg.norm(flat(a) - flat(b)) / np.linalg.norm(flat(b)))
+
+
+def vdot(a, b):
+    return float(flat(a) @ flat(b))
 
 
 def test_hvp_matches_central_differences_of_the_gradient(tiny, reference):
@@ -75,7 +90,7 @@ def test_hvp_matches_central_differences_of_the_gradient(tiny, reference):
     g_minus = grad(jax.tree.map(lambda p, d: p - eps * d, params, v))
     fd = jax.tree.map(lambda a, b: (a - b) / (2 * eps), g_plus, g_minus)
     assert rel_err(fd, hv) < 1e-3
-    assert float(tree_vdot(u, fd)) == pytest.approx(float(tree_vdot(u, hv)), rel=1e-3)
+    assert vdot(u, fd) == pytest.approx(vdot(u, hv), rel=1e-3)
 
 
 def numpy_gauss_newton(graphdef, params, batch, v):
@@ -101,12 +116,12 @@ def test_gauss_newton_product_matches_numpy_and_is_psd(tiny, reference):
     products = [reference["gv"]] + [gn(params, batch, v) for v in vs[1:]]
     assert rel_err(products[0], numpy_gauss_newton(graphdef, params, batch, vs[0])) < 1e-4
     for v, gv in zip(vs, products):
-        quad = float(tree_vdot(v, gv))
+        quad = vdot(v, gv)
         print(f"vᵀGv = {quad:.4g}")
         assert quad > 0.0  # PSD (and here positive: v is not in the null space)
     # Symmetric: uᵀ G v = vᵀ G u.
-    assert float(tree_vdot(vs[0], products[1])) == pytest.approx(
-        float(tree_vdot(vs[1], products[0])), rel=1e-4)
+    assert vdot(vs[0], products[1]) == pytest.approx(
+        vdot(vs[1], products[0]), rel=1e-4)
     # The Gauss-Newton matrix is what the Hessian becomes without the second-order term of
     # the network: at this (untrained) point they differ, which is why newton defaults to it.
     assert rel_err(reference["hv"], products[0]) > 1e-3

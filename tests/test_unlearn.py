@@ -43,11 +43,19 @@ def _records():
     return out[:2 * N_FORGET_PEOPLE], out[2 * N_FORGET_PEOPLE:]
 
 
+@nnx.jit
+def _logits(model, ids, mask):
+    # One program: called eagerly on 8-device-sharded weights, the forward would queue
+    # hundreds of small collective programs, which an overloaded 2-core machine can
+    # deadlock on (see test_secondorder_llama.flat).
+    return model(ids, mask)
+
+
 def _answer_prob(model, tokenizer, records):
     """Mean per-token answer probability, with NumPy on the model's logits."""
     b = batch_lib.collate(batch_lib.encode_qa_records(tokenizer, records), 32,
                           tokenizer.pad_token_id)
-    logits = np.asarray(model(b.input_ids, b.attention_mask), np.float64)
+    logits = np.asarray(_logits(model, b.input_ids, b.attention_mask), np.float64)
     m = logits.max(-1, keepdims=True)
     logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
     tok = np.take_along_axis(logp, b.labels[..., None], -1)[..., 0]
