@@ -379,3 +379,34 @@ def test_grouped_source_is_deterministic_and_covers_every_sequence():
             is_2 = (b.input_ids[:, 0] // 100 == 2)
             np.testing.assert_array_equal(b.loss_mask[~is_2], plain.loss_mask[~is_2])
             assert (b.loss_mask[is_2].sum() > 0) == (epoch == 1 and plain.loss_mask[is_2].sum() > 0)
+
+
+def test_nll_loss_fn_equals_the_nll_of_the_models_logits():
+    """The training loss (fused LM head, no ``[B, T, V]`` in memory) against NumPy's
+    log-softmax of the model's logits, and its gradient against autodiff through them."""
+    from jaxunlearn.data.batch import Batch
+
+    graphdef, params = nnx.split(Llama(CONFIG, rngs=nnx.Rngs(1)), nnx.Param)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, CONFIG.vocab_size, (3, T + 1)).astype(np.int32)
+    mask = np.ones((3, T), np.float32)
+    mask[0, :5] = 0.0  # a QA row: answer-only loss
+    att = np.ones((3, T), np.int32)
+    att[2, 8:] = 0  # a right-padded row
+    mask[2, 8:] = 0.0
+    batch = Batch(ids[:, :-1], ids[:, 1:], mask, att)
+    loss, aux = loop.nll_loss_fn(graphdef)(params, batch, None)
+
+    logits = np.asarray(nnx.merge(graphdef, params)(batch.input_ids, batch.attention_mask),
+                        np.float64)
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    tok = np.take_along_axis(logp, batch.labels[..., None], -1)[..., 0]
+    assert float(loss) == pytest.approx(-(tok * mask).sum() / mask.sum(), rel=1e-6)
+    assert float(aux["tokens"]) == mask.sum()
+
+    grad = jax.grad(lambda p: loop.nll_loss_fn(graphdef)(p, batch, None)[0])(params)
+    ref = jax.grad(lambda p: _nll(nnx.merge(graphdef, p)(batch.input_ids, batch.attention_mask),
+                                  batch.labels, batch.loss_mask))(params)
+    for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)

