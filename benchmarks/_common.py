@@ -233,6 +233,35 @@ def train_flops(config, batch_rows: int, seq: int, *, causal_half: bool = False)
 # ------------------------------------------------------------------------------ timing
 
 
+def add_timing_flags(parser, *, steps: int = 10, warmup: int = 1) -> None:
+    parser.add_argument("--steps", type=int, default=steps, help="timed rounds (median over them)")
+    parser.add_argument("--warmup", type=int, default=warmup,
+                        help="untimed rounds after the first call")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def check_timing_flags(parser, args) -> None:
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], *, steps: int,
+                warmup: int) -> dict[str, list[float]]:
+    """Seconds of each call in each of ``warmup + steps`` rounds, warm-up rounds dropped.
+
+    Every round calls each once, starting one later each round, so drift in the machine's
+    speed (other load, clocks) falls on all of them alike.
+    """
+    names = list(calls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + steps):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            dt = timed(calls[n])
+            if r >= warmup:
+                times[n].append(dt)
+    return times
+
+
 def block(x):
     import jax
 

@@ -33,12 +33,9 @@ def main(argv=None) -> float:
                         help="library: methods.NPO (what jaxunlearn unlearn runs); fused: the "
                              "same loss written on hidden states; logits: on [B,T,V] logits "
                              "with plain autodiff (as secondorder_methods' answer NLL)")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    _common.add_timing_flags(parser, steps=10, warmup=1)
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be >= 1 and --warmup >= 0")
+    _common.check_timing_flags(parser, args)
 
     import jax
     from flax import nnx
@@ -79,15 +76,9 @@ def main(argv=None) -> float:
         raise SystemExit(f"v.Hv is not finite ({vhv}); the HVP is broken")
     print(f"# v.Hv = {vhv:.4g} for a random v (|v_i| ~ 0.02)")
 
-    times = {"grad": [], "hvp": []}
-    calls = {"grad": lambda: _common.block(grad(params, batch)),
-             "hvp": lambda: _common.block(hvp_fn(params, v, batch))}
-    for r in range(args.warmup + args.steps):
-        order = ("grad", "hvp") if r % 2 == 0 else ("hvp", "grad")
-        for name in order:
-            dt = _common.timed(calls[name])
-            if r >= args.warmup:
-                times[name].append(dt)
+    times = _common.interleaved({"grad": lambda: _common.block(grad(params, batch)),
+                                 "hvp": lambda: _common.block(hvp_fn(params, v, batch))},
+                                steps=args.steps, warmup=args.warmup)
     for name in ("grad", "hvp"):
         print(f"{name:5s} {_common.summary(times[name])}, first call {first[name]:.1f} s "
               "(trace+compile+run)")

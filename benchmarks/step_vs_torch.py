@@ -114,8 +114,7 @@ def _torch_side(args, model, config, forget, retain, ref):
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     _common.add_model_flags(parser)
-    parser.add_argument("--steps", type=int, default=10, help="timed rounds (median over them)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds after the first")
+    _common.add_timing_flags(parser, steps=10, warmup=2)
     parser.add_argument("--threads", type=int, default=_common.cpu_threads(),
                         help="torch threads; XLA's CPU client uses one per core")
     parser.add_argument("--jax", default="library,fused",
@@ -127,7 +126,6 @@ def main(argv=None) -> float:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.jax = [j for j in args.jax.split(",") if j]
     for name in args.jax + [args.headline]:
@@ -135,8 +133,7 @@ def main(argv=None) -> float:
             parser.error(f"--jax/--headline: unknown variant {name!r} (library, fused)")
     if args.headline not in args.jax:
         parser.error(f"--headline {args.headline} is not among --jax {args.jax}")
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be >= 1 and --warmup >= 0")
+    _common.check_timing_flags(parser, args)
 
     import jax
 

@@ -49,7 +49,7 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
     # The target already fits the forget answers, so strengthening at the run's rate barely
     # moves it and the teacher equals the target (FQ unchanged): strengthen harder (5 epochs
     # at 1e-2) and let the teacher subtract 20x what it raised. Chosen on forget quality vs
-    # utility of this benchmark (demo: FQ 0.035 vs the target's 6.5e-9, MU 0.73 vs 0.84).
+    # utility of this benchmark (demo: FQ 0.071 vs the target's 6.5e-9, MU 0.73 vs 0.84).
     "rkld": {"method": {"strengthen_learning_rate": 1e-2, "strengthen_epochs": 5,
                         "teacher_alpha": 20.0}, "train": {"epochs": 8}},
     "newton": {"method": {}, "train": {}},

@@ -22,6 +22,7 @@ CASES = {
     "step_vs_torch": (TOY + ["--steps", "1", "--warmup", "0"], r"^ratio jax/torch \d+\.\d+$"),
     "gemm_floor": (TOY + ["--steps", "1"], r"^floor jax/torch \d+\.\d+$"),
     "hvp_vs_grad": (TOY + ["--steps", "1", "--warmup", "0"], r"^ratio hvp/grad \d+\.\d+$"),
+    "train_nll": (TOY + ["--steps", "1", "--warmup", "0"], r"^ratio fused/logits \d+\.\d+$"),
     # On a CPU no bf16 peak is known: the last line is the throughput and says so.
     "mfu": (["--tiny", "--seq", "16", "--steps", "1", "--warmup", "0"],
             r"^(mfu \d+\.\d+|tokens/s \d+\.\d+ \(mfu n/a)"),
