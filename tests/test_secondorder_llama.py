@@ -53,7 +53,10 @@ def random_like(params, seed, unit=False):
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     v = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype)
                                      for k, x in zip(keys, leaves)])
-    return jax.tree.map(lambda x: x / np.linalg.norm(flat(v)), v) if unit else v
+    if not unit:
+        return v
+    norm = np.linalg.norm(flat(v))
+    return jax.tree.map(lambda x: x / norm, v)
 
 
 def flat(tree):
