@@ -20,11 +20,11 @@ from typing import Any, Sequence
 
 import yaml
 
-from jaxunlearn.errors import UserError
-
+from jaxunlearn.data.schema import retain_split_of
+from jaxunlearn.errors import ConfigError, ValidationError
 from jaxunlearn.train.mesh import MeshConfig
 from jaxunlearn.train.step import OptimizerConfig
-from jaxunlearn.validate import ValidationError, path_component
+from jaxunlearn.validate import path_component
 
 
 class _Loader(yaml.SafeLoader):
@@ -43,10 +43,6 @@ _Loader.add_implicit_resolver(
 
 def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-
-
-class ConfigError(UserError):
-    """A configuration problem the user can fix; the message names the key and file."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -97,10 +93,10 @@ class DataConfig:
     def retain_split(self) -> str:
         if self.retain:
             return self.retain
-        pairs = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
-        if self.forget not in pairs:
+        retain = retain_split_of(self.forget)
+        if retain is None:
             raise ConfigError(f"data.retain must be given for forget split {self.forget!r}")
-        return pairs[self.forget]
+        return retain
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxunlearn.data.schema import retain_split_of
 from jaxunlearn.errors import UserError
 
 # (column header, metric key, format); arrows say which direction is better.
@@ -46,7 +47,6 @@ SUMMARY_COLUMNS = (
 )
 ATTACK_LABELS = {"quantize_8bit": "8-bit", "quantize_4bit": "4-bit", "relearn": "relearn"}
 FIGURES = ("fq_vs_mu.png", "methods.png", "canaries.png", "distributions.png")
-_RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 
 
 # ----------------------------------------------------------------------------- files
@@ -157,7 +157,7 @@ def _markdown(data: Mapping, figures: Sequence[str]) -> str:
     lines = ["# jaxunlearn evaluation report", ""]
     d = cfg.get("data") or {}
     if d:
-        retain = d.get("retain") or _RETAIN_OF.get(d.get("forget"), "–")
+        retain = d.get("retain") or retain_split_of(d.get("forget")) or "–"
         lines.append(f"Benchmark `{d.get('benchmark')}`, forget split `{d.get('forget')}`, "
                      f"retain split `{retain}`, seed {cfg.get('seed')}.")
     if env:

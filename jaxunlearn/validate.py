@@ -23,13 +23,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxunlearn.errors import UserError
+from jaxunlearn.errors import ValidationError
 
 __all__ = ["ValidationError", "path_component", "inside", "check_vocab", "check_context"]
-
-
-class ValidationError(UserError):
-    """An input that would escape a directory, or a tokenizer/model/data that do not fit."""
 
 
 # Printable, no separators, no NUL: what every file system accepts as one component.

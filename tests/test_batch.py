@@ -19,7 +19,7 @@ from jaxunlearn.data.batch import (
     prompt_batch,
     steps_per_epoch,
 )
-from jaxunlearn.data.tofu import DataError
+from jaxunlearn.errors import DataError
 from jaxunlearn.data.tokenizer import train_tokenizer
 
 PAD = 2

@@ -2,7 +2,8 @@
 
 import pytest
 
-from jaxunlearn.config import ConfigError, RunConfig, load_config
+from jaxunlearn.config import RunConfig, load_config
+from jaxunlearn.errors import ConfigError
 
 
 def test_yaml_and_overrides(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxunlearn.config import ConfigError
+from jaxunlearn.errors import ConfigError
 from jaxunlearn.experiments import read_experiment
 
 ROOT = Path(__file__).parents[1]

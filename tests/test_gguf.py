@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from jaxunlearn.models import gguf as gguf_module
-from jaxunlearn.models.gguf import GGUFError, find_smollm2_gguf, read_gguf, tokenizer_from_gguf
+from jaxunlearn.errors import GGUFError
+from jaxunlearn.models.gguf import find_smollm2_gguf, read_gguf, tokenizer_from_gguf
 
 Q = gguf.GGMLQuantizationType
 

@@ -20,7 +20,7 @@ from flax import nnx
 
 from jaxunlearn.errors import UserError
 from jaxunlearn.models import Llama
-from jaxunlearn.models.io import CheckpointError
+from jaxunlearn.errors import CheckpointError
 from jaxunlearn.models.presets import tiny
 from jaxunlearn.train import checkpoint as ckpt
 from jaxunlearn.train import loop

@@ -8,7 +8,7 @@ import pytest
 
 from jaxunlearn.data import synthetic
 from jaxunlearn.data import tokenizer as tok_lib
-from jaxunlearn.data.tofu import DataError
+from jaxunlearn.errors import DataError
 from jaxunlearn.eval import memscore, neighbourhood
 
 

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from jaxunlearn.data.batch import Encoded, collate
-from jaxunlearn.data.tofu import DataError
+from jaxunlearn.errors import DataError
 from jaxunlearn.eval import scoring
 from jaxunlearn.models import Llama
 from jaxunlearn.models.presets import tiny

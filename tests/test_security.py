@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from jaxunlearn import validate
-from jaxunlearn.validate import ValidationError
+from jaxunlearn.errors import ValidationError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxunlearn"
 
@@ -69,7 +69,7 @@ def no_unpickling(monkeypatch):
 
 def test_directory_with_only_pytorch_model_bin_is_refused(tmp_path, tiny_hf_dir, no_unpickling):
     from jaxunlearn.models import load_pretrained
-    from jaxunlearn.models.io import CheckpointError
+    from jaxunlearn.errors import CheckpointError
 
     marker = tmp_path / "unpickled"
     (tiny_hf_dir / "model.safetensors").unlink()
@@ -92,7 +92,7 @@ def test_tokenizer_asking_for_remote_code_does_not_run_it(tmp_path, tiny_hf_dir)
     directory: ``load_tokenizer`` either ignores it or refuses, but never imports it."""
     from jaxunlearn.data.tokenizer import train_tokenizer
     from jaxunlearn.models import load_tokenizer
-    from jaxunlearn.models.io import CheckpointError
+    from jaxunlearn.errors import CheckpointError
 
     marker = tmp_path / "remote_code_ran"
     train_tokenizer(["alpha beta gamma"] * 8, vocab_size=300).save_pretrained(str(tiny_hf_dir))
@@ -303,7 +303,7 @@ def test_every_registered_method_name_is_a_plain_component():
 
 def test_safetensors_index_cannot_point_outside_the_model(tmp_path, tiny_hf_dir):
     from jaxunlearn.models import load_pretrained
-    from jaxunlearn.models.io import CheckpointError
+    from jaxunlearn.errors import CheckpointError
 
     outside = tmp_path / "outside.safetensors"
     (tiny_hf_dir / "model.safetensors").rename(outside)

@@ -7,6 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
+from jaxunlearn.errors import MeshError
 from jaxunlearn.models import Llama, LlamaConfig
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train.step import (OptimizerConfig, init_train_state, make_optimizer,
@@ -134,7 +135,7 @@ def test_gradient_accumulation_equals_full_batch():
 
 
 def test_mesh_errors_name_the_field():
-    with pytest.raises(mesh_lib.MeshError, match="needs 16 devices"):
+    with pytest.raises(MeshError, match="needs 16 devices"):
         mesh_lib.make_mesh(data=4, fsdp=4)
-    with pytest.raises(mesh_lib.MeshError, match="batch_size=6"):
+    with pytest.raises(MeshError, match="batch_size=6"):
         mesh_lib.check_batch_divides(6, mesh_lib.make_mesh(data=2, fsdp=2))

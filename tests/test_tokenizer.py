@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxunlearn.data.tofu import DataError
+from jaxunlearn.errors import DataError
 from jaxunlearn.data.tokenizer import (
     BOS_ID,
     CHAT_TEMPLATE,

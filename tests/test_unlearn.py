@@ -18,7 +18,7 @@ from jaxunlearn import cli, methods, unlearn
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data import tokenizer as tok_lib
-from jaxunlearn.data.tofu import DataError
+from jaxunlearn.errors import DataError
 from jaxunlearn.models import Llama, LlamaConfig, load_pretrained, save_pretrained
 from jaxunlearn.train import loop as loop_lib
 from jaxunlearn.train import mesh as mesh_lib

@@ -31,12 +31,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from jaxunlearn.errors import AugmentError
+
 __all__ = ["AugmentError", "Augmenter", "TemplateAugmenter", "FactMatcher", "augment_forget_set",
            "privacy_filter", "record_facts", "infer_facts"]
-
-
-class AugmentError(ValueError):
-    """Bad forget records, seed or augmenter output."""
 
 
 class Augmenter(Protocol):

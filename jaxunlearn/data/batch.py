@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxunlearn.data.tofu import DataError
+from jaxunlearn.errors import DataError
 
 
 class Batch(NamedTuple):

@@ -2,7 +2,7 @@
 
 A benchmark directory holds one JSON-lines file per split (``forget10.json``,
 ``retain90.json``, ``holdout.json``, ``world_facts.json``, ``biographies.json``,
-``canaries.json``) plus ``manifest.json``; see DESIGN.md and the shared schema.
+``canaries.json``) plus ``manifest.json``, laid out as :mod:`jaxunlearn.data.schema` says.
 Real TOFU files (Maini et al. 2024, "TOFU: A Task of Fictitious Unlearning for
 LLMs", hub id ``locuslab/TOFU``) use the same ``question`` / ``answer`` /
 ``paraphrased_answer`` / ``perturbed_answer`` keys, may lack the synthetic
@@ -24,7 +24,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxunlearn.errors import UserError
+from jaxunlearn.data.schema import (NONBLANK, QA_FIELDS, QA_REQUIRED, RETAIN_OF, SUFFIXES,
+                                    FieldCheck, check_int, check_str, record_kind)
+from jaxunlearn.errors import DataError
 
 __all__ = [
     "DataError",
@@ -36,86 +38,6 @@ __all__ = [
     "load_muse_corpus",
     "check_disjoint",
 ]
-
-
-class DataError(UserError):
-    """User data that cannot be used: malformed, mistyped, missing or overlapping."""
-
-
-# --- field checks: each returns None when the value is fine, else what is wrong.
-def _str(v: Any) -> str | None:
-    return None if isinstance(v, str) else f"expected a string, got {type(v).__name__}"
-
-
-def _int(v: Any) -> str | None:
-    # bool is an int subclass in Python; a JSON true is not a person id.
-    ok = isinstance(v, int) and not isinstance(v, bool)
-    return None if ok else f"expected an integer, got {type(v).__name__}"
-
-
-def _str_list(*, nonempty: bool) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if not isinstance(v, list):
-            return f"expected a list of strings, got {type(v).__name__}"
-        if nonempty and not v:
-            return "expected a non-empty list of strings, got []"
-        for i, item in enumerate(v):
-            if not isinstance(item, str) or not item.strip():
-                return f"item {i} must be a non-empty string, got {item!r:.40}"
-        return None
-
-    return check
-
-
-# Shared QA schema. Fields absent from real TOFU files are optional; present ones are typed.
-QA_FIELDS: dict[str, Callable[[Any], str | None]] = {
-    "person_id": _int,
-    "name": _str,  # "" for world facts
-    "topic": _str,
-    "question": _str,
-    "answer": _str,
-    "paraphrased_question": _str,
-    "paraphrased_answer": _str,
-    "perturbed_answer": _str_list(nonempty=True),
-    "idk_answer": _str,
-    "facts": _str_list(nonempty=False),
-}
-# Present string fields that must not be blank even when not required.
-_NONBLANK = {"question", "answer", "paraphrased_question", "paraphrased_answer", "idk_answer"}
-
-_CANARY_FIELDS = {"canary_id": _int, "format": _str, "prefix": _str, "secret": _str,
-                  "text": _str, "repetitions": _int, "split": _str}
-_BIO_FIELDS = {"person_id": _int, "name": _str, "text": _str}
-_CANARY_SPLITS = ("forget", "retain", "heldout")
-
-
-
-def _check_canary(c: dict) -> tuple[str, str] | None:
-    """Cross-field rules of a canary record (fields already typed)."""
-    if c["split"] not in _CANARY_SPLITS:
-        return "split", f"must be one of {_CANARY_SPLITS}, got {c['split']!r}"
-    if c["text"] != c["prefix"] + c["secret"]:
-        return "text", "must equal prefix + secret"
-    if c["repetitions"] < 0 or (c["split"] == "heldout") != (c["repetitions"] == 0):
-        return "repetitions", (f"{c['repetitions']} is invalid for a {c['split']!r} canary "
-                               "(heldout canaries have 0, others >= 1)")
-    return None
-
-
-_Check = Callable[[dict], tuple[str, str] | None] | None
-# split name -> (field checks, fields required by default, cross-field check)
-_KINDS: dict[str, tuple[dict[str, Callable[[Any], str | None]], tuple[str, ...], _Check]] = {
-    "canaries": (_CANARY_FIELDS, tuple(_CANARY_FIELDS), _check_canary),
-    "biographies": (_BIO_FIELDS, tuple(_BIO_FIELDS), None),
-}
-_QA_REQUIRED = ("question", "answer")
-_SUFFIXES = (".json", ".jsonl", ".parquet")
-# forget split -> its retain complement; holdout people must be in neither.
-_COMPLEMENTS = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
-
-
-def _kind(split: str) -> tuple[dict[str, Callable[[Any], str | None]], tuple[str, ...], _Check]:
-    return _KINDS.get(split, (QA_FIELDS, _QA_REQUIRED, None))
 
 
 def _parse_json(path: Path) -> list[tuple[str, Any]]:
@@ -166,8 +88,8 @@ def validate_records(
     items: Iterable[tuple[str, Any]],
     source: str,
     *,
-    fields: Mapping[str, Callable[[Any], str | None]] = QA_FIELDS,
-    required: Sequence[str] = _QA_REQUIRED,
+    fields: Mapping[str, FieldCheck] = QA_FIELDS,
+    required: Sequence[str] = QA_REQUIRED,
     record_check: Callable[[dict], tuple[str, str] | None] | None = None,
 ) -> list[dict]:
     """Check ``(location, record)`` pairs; return the records or raise on the first problem.
@@ -192,7 +114,7 @@ def validate_records(
             if key not in rec:
                 continue
             problem = check(rec[key])
-            if problem is None and key in _NONBLANK and not rec[key].strip():
+            if problem is None and key in NONBLANK and not rec[key].strip():
                 problem = "empty"
             if problem is not None:
                 raise DataError(f"{at}: field '{key}': {problem}")
@@ -215,14 +137,14 @@ def read_records(path: str | os.PathLike, *, split: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    fields, default_required, record_check = _kind(split or path.stem)
+    fields, default_required, record_check = record_kind(split or path.stem)
     items = _parse_parquet(path) if path.suffix == ".parquet" else _parse_json(path)
     return validate_records(items, str(path), fields=fields, record_check=record_check,
                             required=default_required if required is None else required)
 
 
 def _find_file(directory: Path, split: str) -> Path | None:
-    for suffix in _SUFFIXES:
+    for suffix in SUFFIXES:
         if (directory / f"{split}{suffix}").is_file():
             return directory / f"{split}{suffix}"
     return None
@@ -267,7 +189,7 @@ def _hub_rows(hub_id: str, config: str, split: str = "train") -> list:
 
 
 def _validate_hub(rows: list, label: str, split: str, required: Sequence[str] | None) -> list[dict]:
-    fields, default_required, record_check = _kind(split)
+    fields, default_required, record_check = record_kind(split)
     return validate_records(((f"record {i + 1}", r) for i, r in enumerate(rows)), label,
                             fields=fields, record_check=record_check,
                             required=default_required if required is None else required)
@@ -355,7 +277,7 @@ def _manifest(directory: Path) -> dict:
     if not isinstance(splits, dict) or not splits:
         raise DataError(f"{path}: field 'splits': expected a non-empty object {{file: count}}")
     for file, count in splits.items():
-        if _int(count) is not None or count < 1:
+        if check_int(count) is not None or count < 1:
             raise DataError(f"{path}: field 'splits': {file!r} must map to a record count >= 1")
     if not isinstance(manifest.get("sha256", {}), dict):
         raise DataError(f"{path}: field 'sha256': expected an object {{file: hex}}")
@@ -389,7 +311,7 @@ def load_benchmark(directory: str | os.PathLike) -> dict[str, list[dict]]:
         if len(records) != count:
             raise DataError(f"{path}: {len(records)} records, manifest.json says {count}")
         out[path.stem] = records
-    for forget, retain in _COMPLEMENTS.items():
+    for forget, retain in RETAIN_OF.items():
         if forget in out and retain in out:
             check_disjoint(out[forget], out[retain], names=(forget, retain))
         if forget in out and "holdout" in out:
@@ -410,7 +332,7 @@ def load_muse_corpus(path: str | os.PathLike, *, split: str = "forget",
     ``datasets.load_dataset(path, config, split=split)``.
     """
     p = Path(path)
-    text_fields = {"text": _str}
+    text_fields = {"text": check_str}
     if not p.exists():
         if not _looks_like_hub_id(str(path)):
             raise DataError(f"{path}: no such file or directory")
@@ -420,7 +342,7 @@ def load_muse_corpus(path: str | os.PathLike, *, split: str = "forget",
                                 required=("text",))
         return [r["text"] for r in recs]
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in (".txt",) + _SUFFIXES)
+        files = sorted(f for f in p.iterdir() if f.suffix in (".txt",) + SUFFIXES)
     else:
         files = [p]
     if not files:

@@ -28,7 +28,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from jaxunlearn.data.tofu import DataError
+from jaxunlearn.errors import DataError
 
 __all__ = [
     "BOS", "EOS", "PAD", "BOS_ID", "EOS_ID", "PAD_ID", "CHAT_TEMPLATE",

@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data.batch import Encoded
-from jaxunlearn.data.tofu import DataError
+from jaxunlearn.errors import DataError
 from jaxunlearn.eval import scoring
 
 # Default levels: above 0.60 most of a sequence comes out under greedy teacher forcing

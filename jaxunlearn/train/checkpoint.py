@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn.models.io import CheckpointError
+from jaxunlearn.errors import CheckpointError
 from jaxunlearn.train.step import TrainState
 
 FORMAT_VERSION = 1

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxunlearn.errors import UserError
+from jaxunlearn.errors import MeshError
 
 MESH_AXES = ("data", "fsdp")
 
@@ -30,10 +30,6 @@ LOGICAL_TO_MESH: dict[str, str | None] = {
     "kv_heads": None,
     "head_dim": None,
 }
-
-
-class MeshError(UserError):
-    """A mesh that does not fit the devices or the batch."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
