@@ -1,4 +1,4 @@
-"""The ``jaxunlearn`` command line.
+"""The ``jaxunlearn`` command line: argument parsing and dispatch to ``jaxunlearn.pipeline``.
 
 Exit codes: 0 success, 2 user error (one clear line on stderr, no traceback), 1 bug
 (traceback), 130 interrupted. Every command validates its inputs before any work.
@@ -12,15 +12,37 @@ import sys
 from pathlib import Path
 
 
+def _use_compilation_cache() -> None:
+    """Keep XLA's compiled programs across runs.
+
+    A second ``make demo`` or ``jaxunlearn unlearn`` then skips most compilation, the
+    largest fixed cost of a small-model run on a CPU. The compiled code is the same with
+    or without the cache. ``JAX_COMPILATION_CACHE_DIR`` chooses another directory.
+    """
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, "jaxunlearn", "xla"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+# Before jax and huggingface_hub are imported (below): both read these once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_use_compilation_cache()
+
+from jaxunlearn import report  # noqa: E402
+from jaxunlearn.config import load_config  # noqa: E402
+from jaxunlearn.errors import UserError  # noqa: E402
+from jaxunlearn.pipeline import (demo, evaluate, experiment, tools, training,  # noqa: E402
+                                 unlearning)
+from jaxunlearn.train.mesh import maybe_initialize_distributed  # noqa: E402
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the user can fix this" (exit 2, no traceback).
 
-    Every module's own error class (ConfigError, DataError, CheckpointError, MeshError,
-    GGUFError, MethodError, ...) subclasses UserError, so nothing heavy is imported here.
-    A missing bundled model file is the user's to fix too.
+    Every user-facing error class (``jaxunlearn.errors``: ConfigError, DataError,
+    CheckpointError, MeshError, GGUFError, MethodError, ...) subclasses UserError. A
+    missing bundled model file is the user's to fix too.
     """
-    from jaxunlearn.errors import UserError
-
     return (UserError, FileNotFoundError)
 
 
@@ -83,75 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_generate_data(args) -> int:
-    from jaxunlearn.data import synthetic
-
-    from jaxunlearn.config import DataConfig
-
-    # Same sizes as DataConfig, so `train` accepts the benchmark this writes.
-    data = DataConfig()
-    cfg = synthetic.SyntheticConfig(
-        num_people=args.people if args.people is not None else data.people,
-        qa_per_person=args.qa_per_person if args.qa_per_person is not None else data.qa_per_person,
-        num_world_facts=data.num_world_facts,
-        canaries_per_repetition=data.canaries_per_repetition, seed=args.seed)
-    bench = synthetic.generate(cfg)
-    out = synthetic.write_benchmark(bench, args.out, overwrite=args.overwrite)
-    print(f"wrote benchmark ({cfg.num_people} people, seed {cfg.seed}) to {out}")
-    return 0
-
-
-def _cmd_generate(args) -> int:
-    from jaxunlearn.data.batch import encode_prompt
-    from jaxunlearn.eval.generate import generate_texts
-    from jaxunlearn.models import load_pretrained, load_tokenizer
-
-    model, _ = load_pretrained(args.model)
-    tokenizer = load_tokenizer(args.model)
-    prompt = encode_prompt(tokenizer, args.prompt).tolist()
-    (text,) = generate_texts(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
-                             batch_size=1)
-    print(f"Q: {args.prompt}\nA: {text}")
-    return 0
-
-
-def _cmd_convert(args) -> int:
-    from jaxunlearn.models import load_pretrained, load_tokenizer, save_pretrained
-
-    model, config = load_pretrained(args.source)
-    tokenizer = load_tokenizer(args.source)
-    out = save_pretrained(model, config, args.out, tokenizer=tokenizer)
-    print(f"wrote {out}")
-    return 0
-
-
 def _start_distributed(cfg) -> None:
     """Multi-host runs (``distributed=true``) join the job before any device is touched."""
-    from jaxunlearn.train.mesh import maybe_initialize_distributed
-
     maybe_initialize_distributed(cfg.distributed)
 
 
 def _dispatch(args) -> int:
-    from jaxunlearn.config import load_config
-
     if args.command == "generate-data":
-        return _cmd_generate_data(args)
+        tools.generate_data(args.out, people=args.people, qa_per_person=args.qa_per_person,
+                            seed=args.seed, overwrite=args.overwrite)
+        return 0
     if args.command == "generate":
-        return _cmd_generate(args)
+        tools.generate_answer(args.model, args.prompt, max_new_tokens=args.max_new_tokens)
+        return 0
     if args.command == "convert":
-        return _cmd_convert(args)
+        tools.convert(args.source, args.out)
+        return 0
     if args.command == "report":
-        from jaxunlearn import report
-
         return report.main_report(args.eval_json)
     if args.command == "run":
-        from jaxunlearn import experiments
-
-        return experiments.run_experiment(args.experiment, args.overrides)
+        return experiment.run_experiment(args.experiment, args.overrides)
     if args.command == "demo":
-        from jaxunlearn import demo
-
         cfg = load_config(args.config, args.overrides, base=demo.DEFAULTS)
         _start_distributed(cfg)
         subset = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
@@ -159,37 +133,17 @@ def _dispatch(args) -> int:
     cfg = load_config(args.config, args.overrides)
     _start_distributed(cfg)
     if args.command == "train":
-        from jaxunlearn.train import loop
-
-        loop.train_model(cfg, which=args.which, resume=args.resume)
+        training.train_model(cfg, which=args.which, resume=args.resume)
         return 0
     if args.command == "unlearn":
-        from jaxunlearn import unlearn
-
-        unlearn.run_unlearning(cfg, resume=args.resume)
+        unlearning.run_unlearning(cfg, resume=args.resume)
         return 0
     if args.command == "eval":
-        from jaxunlearn.eval import suite
-
-        return suite.main_eval(cfg, args.model, args.retain_model)
+        return evaluate.main_eval(cfg, args.model, args.retain_model)
     raise AssertionError(f"unhandled command {args.command}")
 
 
-def _use_compilation_cache() -> None:
-    """Keep XLA's compiled programs across runs (before jax is imported).
-
-    A second ``make demo`` or ``jaxunlearn unlearn`` then skips most compilation, the
-    largest fixed cost of a small-model run on a CPU. The compiled code is the same with
-    or without the cache. ``JAX_COMPILATION_CACHE_DIR`` chooses another directory.
-    """
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, "jaxunlearn", "xla"))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-
-
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _use_compilation_cache()
     args = build_parser().parse_args(argv)
     user_errors = _user_errors()
     try:

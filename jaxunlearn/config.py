@@ -22,6 +22,7 @@ import yaml
 
 from jaxunlearn.data.schema import retain_split_of
 from jaxunlearn.errors import ConfigError, ValidationError
+from jaxunlearn.models.presets import PRESETS
 from jaxunlearn.train.mesh import MeshConfig
 from jaxunlearn.train.step import OptimizerConfig
 from jaxunlearn.validate import path_component
@@ -247,8 +248,6 @@ def apply_override(tree: dict, dotted: str, value: Any) -> None:
     if keys == ["method"] and not isinstance(value, dict):
         keys = ["method", "name"]
     if keys == ["model"] and isinstance(value, str):
-        from jaxunlearn.models.presets import PRESETS
-
         value = {"preset": value} if value in PRESETS else {"preset": None, "path": value}
         tree.pop("model", None)
     node = tree
@@ -292,8 +291,6 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     if "forget" in tree:
         tree.setdefault("data", {})["forget"] = tree.pop("forget")
     if isinstance(tree.get("model"), str):
-        from jaxunlearn.models.presets import PRESETS
-
         name = tree["model"]
         tree["model"] = {"preset": name} if name in PRESETS else {"preset": None, "path": name}
     if isinstance(tree.get("method"), str):

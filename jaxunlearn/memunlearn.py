@@ -6,7 +6,7 @@ GeorgeOctavian/selective_unlearning, ``gpt_neo_pl.Neo`` and ``gpt_neo_av.NeoAV``
 Plain gradient ascent treats every forget sequence alike, so lightly memorised ones are
 driven far below what a model that never saw them would score (itself a membership
 signal) while the most memorised ones are still extractable. Both methods here act per
-sequence, on its memorisation accuracy ``MA_n`` (``eval.memscore``), re-measured on the
+sequence, on its memorisation accuracy ``MA_n`` (``eval.sequence_memorization``), re-measured on the
 whole forget set after every epoch:
 
 * **SGA** (``sga``). Each update ascends only on the rows of its batch with
@@ -53,7 +53,8 @@ from flax import nnx
 
 from jaxunlearn import losses, methods
 from jaxunlearn.data import batch as batch_lib
-from jaxunlearn.eval import memscore, scoring
+from jaxunlearn.eval import scoring
+from jaxunlearn.eval import sequence_memorization as memscore
 from jaxunlearn.train import loop as loop_lib
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train import step as step_lib

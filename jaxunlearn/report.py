@@ -5,16 +5,19 @@ Everything here reads the ``eval.json`` layout of DESIGN.md::
     {"config": {...}, "env": {"versions", "devices", "mesh"},
      "models": {"target": {metrics}, "retain": {metrics}, "<method>": {metrics}}}
 
-where each model's metrics are ``eval.suite.evaluate_model``'s dict (plus
-``attacks`` from ``eval.attacks.run_attacks``). Missing numbers print as "–", so a
-partial evaluation still renders. Every file is written under a temporary name in
-the output directory and renamed into place: a reader never sees half a file.
+where each model's entry is an ``eval.results.ModelResult`` written by ``to_json``;
+the report reads it back with ``ModelResult.from_json`` and uses its fields. Missing
+numbers print as "–", so a partial evaluation still renders. Every file is written
+under a temporary name in the output directory and renamed into place: a reader never
+sees half a file.
 Figures use matplotlib's object API with the Agg canvas (no pyplot, no global
 backend switch, no display needed).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata as md
 import json
 import math
 import os
@@ -25,25 +28,50 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
+from jaxunlearn import __version__
 from jaxunlearn.data.schema import retain_split_of
 from jaxunlearn.errors import UserError
+from jaxunlearn.eval.results import CanaryScores, ModelResult, SplitScores
 
-# (column header, metric key, format); arrows say which direction is better.
+
+def _split(name: str, kind: str) -> Callable[[ModelResult], float | None]:
+    return lambda r: getattr(r.tofu.splits.get(name, SplitScores()), kind)
+
+
+def _forget_canary_ma(r: ModelResult) -> float | None:
+    return (r.canaries.splits.get("forget", CanaryScores()) if r.canaries else CanaryScores()).ma
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A summary-table column: header (arrows say which direction is better), the
+    number it shows, and its format (``sci``, ``f3``, ``pct``)."""
+
+    header: str
+    value: Callable[[ModelResult], float | None]
+    kind: str = "f3"
+
+
+FQ = Column("FQ ↑", lambda r: r.tofu.forget_quality, "sci")
+MU = Column("MU ↑", lambda r: r.tofu.model_utility)
+FORGET_ROUGE = Column("forget ROUGE ↓", _split("forget", "rouge"))
+FORGET_PROB = Column("forget prob ↓", _split("forget", "prob"))
+RETAIN_ROUGE = Column("retain ROUGE ↑", _split("retain", "rouge"))
+MIA_AUC = Column("MIA AUC (Min-K%)", lambda r: r.mia.auc.get("min_k") if r.mia else None)
+CANARY_MA = Column("canary MA ↓", _forget_canary_ma)
 SUMMARY_COLUMNS = (
-    ("FQ ↑", "forget_quality", "sci"),
-    ("MU ↑", "model_utility", "f3"),
-    ("forget ROUGE ↓", "forget_rouge", "f3"),
-    ("forget prob ↓", "forget_prob", "f3"),
-    ("forget TR ↑", "forget_truth_ratio", "f3"),
-    ("retain ROUGE ↑", "retain_rouge", "f3"),
-    ("retain prob ↑", "retain_prob", "f3"),
-    ("MIA AUC (Min-K%)", "mia_min_k_auc", "f3"),
-    ("PrivLeak →0", "privleak", "pct"),
-    ("canary MA ↓", "canary_forget_ma", "f3"),
-    ("KFR ↑", "kfr", "f3"),
-    ("KRR ↑", "krr", "f3"),
+    FQ, MU, FORGET_ROUGE, FORGET_PROB,
+    Column("forget TR ↑", _split("forget", "truth_ratio")),
+    RETAIN_ROUGE,
+    Column("retain prob ↑", _split("retain", "prob")),
+    MIA_AUC,
+    Column("PrivLeak →0", lambda r: r.mia.muse_privleak if r.mia else None, "pct"),
+    CANARY_MA,
+    Column("KFR ↑", lambda r: r.knowledge.kfr if r.knowledge else None),
+    Column("KRR ↑", lambda r: r.knowledge.krr if r.knowledge else None),
 )
 ATTACK_LABELS = {"quantize_8bit": "8-bit", "quantize_4bit": "4-bit", "relearn": "relearn"}
 FIGURES = ("fq_vs_mu.png", "methods.png", "canaries.png", "distributions.png")
@@ -87,19 +115,13 @@ def write_json(data: Mapping, path: str | os.PathLike) -> Path:
 
 def env_info(mesh=None) -> dict:
     """Package versions, devices and mesh shape for ``eval.json``'s ``env`` section."""
-    import importlib.metadata as md
-
-    import jax
-
-    import jaxunlearn
-
     versions: dict[str, str | None] = {}
     for pkg in ("jax", "jaxlib", "flax", "optax", "transformers", "numpy", "scipy"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    versions["jaxunlearn"] = jaxunlearn.__version__
+    versions["jaxunlearn"] = __version__
     versions["python"] = platform.python_version()
     devices = jax.devices()
     return {
@@ -134,23 +156,23 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def _attack_cell(metrics: Mapping, key: str = "forget_rouge") -> str:
+def _attack_cell(result: ModelResult, metric: str = "forget_rouge") -> str:
     parts = []
     for name, label in ATTACK_LABELS.items():
-        pair = (metrics.get("attacks") or {}).get(name, {}).get(key)
-        if pair:
-            parts.append(f"{label} {_fmt(pair.get('before'))}→{_fmt(pair.get('after'))}")
+        pair = (result.attacks or {}).get(name)
+        pair = pair.metrics.get(metric) if pair is not None else None
+        if pair is not None:
+            parts.append(f"{label} {_fmt(pair.before)}→{_fmt(pair.after)}")
     return "; ".join(parts) if parts else "–"
 
 
-def _ordered(models: Mapping[str, Mapping]) -> list[str]:
+def _ordered(models: Mapping[str, ModelResult]) -> list[str]:
     """target, retain, then the methods in their given order."""
     first = [n for n in ("target", "retain") if n in models]
     return first + [n for n in models if n not in first]
 
 
-def _markdown(data: Mapping, figures: Sequence[str]) -> str:
-    models = data["models"]
+def _markdown(data: Mapping, models: Mapping[str, ModelResult], figures: Sequence[str]) -> str:
     names = _ordered(models)
     cfg = data.get("config") or {}
     env = data.get("env") or {}
@@ -166,8 +188,9 @@ def _markdown(data: Mapping, figures: Sequence[str]) -> str:
                      + f"; {dev.get('count')} × {dev.get('kind')} ({dev.get('platform')})"
                      + f"; mesh {env.get('mesh')}.")
     lines += ["", "## Summary", ""]
-    header = ["model"] + [c[0] for c in SUMMARY_COLUMNS] + ["attacks: forget ROUGE before→after"]
-    rows = [[n] + [_fmt(models[n].get(k), f) for _, k, f in SUMMARY_COLUMNS]
+    header = ["model"] + [c.header for c in SUMMARY_COLUMNS] + [
+        "attacks: forget ROUGE before→after"]
+    rows = [[n] + [_fmt(c.value(models[n]), c.kind) for c in SUMMARY_COLUMNS]
             + [_attack_cell(models[n])] for n in names]
     lines += _table(header, rows)
     lines += ["", "FQ: KS-test p-value of forget-set truth ratios against the retain model's "
@@ -179,35 +202,27 @@ def _markdown(data: Mapping, figures: Sequence[str]) -> str:
               "retention rates (entity judge)."]
     attack_rows = []
     for n in names:
-        attacks = models[n].get("attacks") or {}
-        for name, result in attacks.items():
-            if not isinstance(result, Mapping):
-                continue
-            cells = [f"{k}: {_fmt(v.get('before'))}→{_fmt(v.get('after'))}"
-                     for k, v in result.items() if isinstance(v, Mapping) and "before" in v]
+        for name, result in (models[n].attacks or {}).items():
+            cells = [f"{k}: {_fmt(v.before)}→{_fmt(v.after)}" for k, v in result.metrics.items()]
             attack_rows.append([n, ATTACK_LABELS.get(name, name), "; ".join(cells)])
     if attack_rows:
         lines += ["", "## Recovery attacks (before → after)", ""]
         lines += _table(["model", "attack", "forget metrics"], attack_rows)
-    canary_rows, reps = [], sorted({int(r) for n in names
-                                   for s in (models[n].get("canaries") or {}).values()
-                                   for r in s}, key=int)
-    for n in names:
-        for split, table in (models[n].get("canaries") or {}).items():
-            canary_rows.append([n, split] + [_fmt((table.get(str(r)) or {}).get("ma"))
-                                             for r in reps])
+    tables = {n: models[n].canaries.by_repetitions for n in names if models[n].canaries}
+    reps = sorted({r for table in tables.values() for rows in table.values() for r in rows})
+    canary_rows = [[n, split] + [_fmt(rows[r].ma if r in rows else None) for r in reps]
+                   for n, table in tables.items() for split, rows in table.items()]
     if canary_rows:
         lines += ["", "## Canary memorisation accuracy by repetition count", ""]
         lines += _table(["model", "canaries"] + [f"×{r}" for r in reps], canary_rows)
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in figures]
-    samples = [(n, s) for n in names for s in (models[n].get("samples") or [])[:1]]
+    samples = [(n, models[n].tofu.samples[0]) for n in names if models[n].tofu.samples]
     if samples:
         lines += ["", "## A forget-set question", ""]
         lines += _table(["model", "question", "answer", "greedy answer"],
-                        [[n, s.get("question", ""), s.get("answer", ""),
-                          s.get("generation", "")] for n, s in samples])
+                        [[n, s.question, s.answer, s.generation] for n, s in samples])
     return "\n".join(lines) + "\n"
 
 
@@ -236,8 +251,11 @@ def _log_floor(values) -> float:
     return min(positive) / 10 if positive else 1e-30
 
 
-def _fq_vs_mu(models: Mapping, names: list[str], path: Path) -> bool:
-    pts = [(n, _num(models[n].get("model_utility")), _num(models[n].get("forget_quality")))
+Results = Mapping[str, ModelResult]
+
+
+def _fq_vs_mu(models: Results, names: list[str], path: Path) -> bool:
+    pts = [(n, _num(models[n].tofu.model_utility), _num(models[n].tofu.forget_quality))
            for n in names]
     pts = [(n, mu, fq) for n, mu, fq in pts if math.isfinite(mu) and math.isfinite(fq)]
     if not pts:
@@ -262,13 +280,14 @@ def _fq_vs_mu(models: Mapping, names: list[str], path: Path) -> bool:
     return True
 
 
-_BAR_PANELS = (("forget_quality", "forget quality (log)"), ("model_utility", "model utility"),
-               ("forget_rouge", "forget ROUGE-L"), ("forget_prob", "forget probability"),
-               ("mia_min_k_auc", "MIA AUC (Min-K%)"), ("canary_forget_ma", "forget canary MA"))
+_BAR_PANELS = ((FQ, "forget quality (log)"), (MU, "model utility"),
+               (FORGET_ROUGE, "forget ROUGE-L"), (FORGET_PROB, "forget probability"),
+               (MIA_AUC, "MIA AUC (Min-K%)"), (CANARY_MA, "forget canary MA"))
 
 
-def _method_bars(models: Mapping, names: list[str], path: Path) -> bool:
-    panels = [(k, t) for k, t in _BAR_PANELS if any(models[n].get(k) is not None for n in names)]
+def _method_bars(models: Results, names: list[str], path: Path) -> bool:
+    panels = [(c, t) for c, t in _BAR_PANELS
+              if any(c.value(models[n]) is not None for n in names)]
     if not panels:
         return False
     cols = min(3, len(panels))
@@ -276,10 +295,10 @@ def _method_bars(models: Mapping, names: list[str], path: Path) -> bool:
     fig = _figure(4.2 * cols, 0.9 + 0.28 * len(names) * rows + 1.0 * rows)
     colors = ["tab:red" if n == "target" else "tab:green" if n == "retain" else "tab:blue"
               for n in names]
-    for i, (key, title) in enumerate(panels):
+    for i, (column, title) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
-        vals = np.asarray([_num(models[n].get(key)) for n in names])
-        if key == "forget_quality":
+        vals = np.asarray([_num(column.value(models[n])) for n in names])
+        if column is FQ:
             ax.set_xscale("log")
             vals = np.maximum(vals, _log_floor(vals.tolist()))
         y = np.arange(len(names))
@@ -292,29 +311,28 @@ def _method_bars(models: Mapping, names: list[str], path: Path) -> bool:
     return True
 
 
-def _canary_curves(models: Mapping, names: list[str], path: Path) -> bool:
-    with_canaries = [n for n in names if models[n].get("canaries")]
-    if not with_canaries:
+def _canary_curves(models: Results, names: list[str], path: Path) -> bool:
+    tables = {n: models[n].canaries.by_repetitions for n in names
+              if models[n].canaries and models[n].canaries.by_repetitions}
+    if not tables:
         return False
-    splits = [s for s in ("forget", "retain") if any(s in models[n]["canaries"]
-                                                     for n in with_canaries)]
+    splits = [s for s in ("forget", "retain") if any(s in t for t in tables.values())]
     if not splits:
         return False
     fig = _figure(5.0 * len(splits), 4.0)
     for i, split in enumerate(splits):
         ax = fig.add_subplot(1, len(splits), i + 1)
-        for n in with_canaries:
-            table = models[n]["canaries"].get(split)
-            if not table:
+        for n, table in tables.items():
+            rows = table.get(split)
+            if not rows:
                 continue
-            reps = sorted(table, key=int)
+            reps = sorted(rows)
             style = {"target": dict(color="tab:red", lw=2.5), "retain": dict(color="tab:green",
                                                                              lw=2.5)}.get(n, {})
-            ax.plot([int(r) for r in reps], [_num(table[r].get("ma")) for r in reps],
-                    marker="o", label=n, **style)
-            held = models[n]["canaries"].get("heldout", {})
+            ax.plot(reps, [_num(rows[r].ma) for r in reps], marker="o", label=n, **style)
+            held = table.get("heldout", {})
             if n == "target" and held:
-                level = np.mean([_num(v.get("ma")) for v in held.values()])
+                level = np.mean([_num(v.ma) for v in held.values()])
                 ax.axhline(level, color="gray", ls="--", lw=1, label="never seen (target)")
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1.02)
@@ -327,18 +345,20 @@ def _canary_curves(models: Mapping, names: list[str], path: Path) -> bool:
     return True
 
 
-def _distributions(models: Mapping, names: list[str], path: Path) -> bool:
-    shown = [n for n in names if (models[n].get("distributions") or {}).get("forget_prob")]
+def _distributions(models: Results, names: list[str], path: Path) -> bool:
+    shown = [n for n in names if "forget" in models[n].tofu.distributions
+             and models[n].tofu.distributions["forget"].prob]
     if not shown:
         return False
     fig = _figure(9.0, 1.9 * len(shown) + 0.6)
     for r, n in enumerate(shown):
-        dist = models[n]["distributions"]
-        for c, (key, label, log) in enumerate((("prob", "answer probability", False),
-                                               ("truth_ratio", "log10 truth ratio", True))):
+        dist = models[n].tofu.distributions
+        for c, (kind, label, log) in enumerate((("prob", "answer probability", False),
+                                                ("truth_ratio", "log10 truth ratio", True))):
             ax = fig.add_subplot(len(shown), 2, 2 * r + c + 1)
             for split, color in (("forget", "tab:red"), ("retain", "tab:blue")):
-                vals = np.asarray(dist.get(f"{split}_{key}") or [], dtype=float)
+                values = getattr(dist[split], kind) if split in dist else ()
+                vals = np.asarray(values, dtype=float)
                 vals = vals[np.isfinite(vals)]
                 if log:
                     vals = np.log10(vals[vals > 0])
@@ -353,17 +373,17 @@ def _distributions(models: Mapping, names: list[str], path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- entry points
-def _check(eval_dict, source: str) -> Mapping[str, Mapping]:
+def read_models(eval_dict, source: str) -> dict[str, ModelResult]:
+    """The typed results of an ``eval.json`` dict; UserError naming ``source`` and the
+    field when it is not one."""
     if not isinstance(eval_dict, Mapping):
         raise UserError(f"{source}: expected a JSON object at the top level")
     models = eval_dict.get("models")
     if not isinstance(models, Mapping) or not models:
         raise UserError(f"{source}: field 'models': expected a non-empty object "
                         "{name: metrics}")
-    for name, m in models.items():
-        if not isinstance(m, Mapping):
-            raise UserError(f"{source}: field 'models.{name}': expected an object of metrics")
-    return models
+    return {name: ModelResult.from_json(m, f"{source}: field 'models.{name}'")
+            for name, m in models.items()}
 
 
 def write_report(eval_dict: Mapping, out_dir: str | os.PathLike) -> Path:
@@ -372,13 +392,13 @@ def write_report(eval_dict: Mapping, out_dir: str | os.PathLike) -> Path:
     Returns:
       The path of ``report.md``. Figures without data (e.g. no canaries) are skipped.
     """
-    models = _check(eval_dict, "eval_dict")
+    models = read_models(eval_dict, "eval_dict")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = _ordered(models)
     makers = (_fq_vs_mu, _method_bars, _canary_curves, _distributions)
     written = [f for f, make in zip(FIGURES, makers) if make(models, names, out / f)]
-    text = _markdown(eval_dict, written)
+    text = _markdown(eval_dict, models, written)
     return _atomic(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
@@ -391,7 +411,7 @@ def main_report(path: str | os.PathLike) -> int:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: malformed JSON ({e})") from None
-    _check(data, str(path))
+    read_models(data, str(path))  # names the file in a UserError before anything is written
     report = write_report(data, path.parent)
     print(f"wrote {report}", file=sys.stdout)
     return 0

@@ -1,4 +1,5 @@
-"""Unlearning a trained model: the ``unlearn`` command and the in-process ``unlearn_model``.
+"""Unlearning a trained model in-process: ``unlearn_model`` (the ``unlearn`` command is
+``jaxunlearn.pipeline.unlearning``).
 
 A gradient method (``jaxunlearn.methods``) runs in four stages:
 
@@ -28,11 +29,7 @@ import dataclasses
 import functools
 import math
 import os
-import shutil
-import sys
-import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -40,16 +37,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxunlearn import losses, methods, validate
+from jaxunlearn import losses, methods
 from jaxunlearn.data import batch as batch_lib
-from jaxunlearn.errors import UserError
+from jaxunlearn.errors import DataError
 from jaxunlearn.models import compact
 from jaxunlearn.train import loop as loop_lib
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train import step as step_lib
 
 __all__ = ["IDK_FALLBACK", "Prepared", "prepare_data", "PairedSchedule", "run_compactions",
-           "build_cache", "unlearn_model", "run_unlearning"]
+           "build_cache", "unlearn_model"]
 
 # Refusals for forget records without an ``idk_answer`` (real TOFU files); record i gets
 # IDK_FALLBACK[i % len]: deterministic, and varied so IdkDPO does not learn one string.
@@ -93,8 +90,6 @@ def prepare_data(tokenizer, forget_records: Sequence[Mapping], retain_records: S
 
     Raises ``DataError`` naming the split, record and field for bad or too long records.
     """
-    from jaxunlearn.data.tofu import DataError
-
     if not forget_records:
         raise DataError("forget split: no records")
     if not retain_records:
@@ -415,87 +410,3 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
         place_batch=loop_lib.batch_placer(mesh, train_cfg.grad_accum), progress=progress,
         desc=f"unlearn {method.name}")
     return methods.UnlearnResult(nnx.merge(graphdef, result.state.params), result.history)
-
-
-# ----------------------------------------------------------------------------------- the command
-
-
-def _target_path(cfg) -> Path:
-    """``model.path``, else the target ``jaxunlearn train`` made for this config."""
-    if cfg.model.path:
-        path = Path(cfg.model.path)
-        if not path.exists():
-            raise UserError(f"model.path: {path} does not exist")
-        return path
-    bench = Path(cfg.data.benchmark)
-    if (bench / "manifest.json").is_file():
-        path = loop_lib.model_dir(cfg, "target")
-        if (path / "config.json").is_file():
-            return path
-        raise UserError(f"model.path: not given, and no trained target at {path} "
-                        "(run `jaxunlearn train` with this config first)")
-    raise UserError("model.path: not given (the trained target model to unlearn)")
-
-
-def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
-    """``jaxunlearn unlearn``: unlearn ``data.forget`` from the target with ``cfg.method``.
-
-    Everything is validated before any work (method and hyper-parameters; benchmark
-    splits and their disjointness; mesh vs devices and batch; model and tokenizer; record
-    lengths). The result goes to ``<output_dir>/<method name>`` (HF safetensors with the
-    tokenizer, written atomically) with ``unlearn.json`` (method, history, timings);
-    checkpoints to ``<output_dir>/checkpoints/unlearn-<name>-<fingerprint>``.
-    """
-    from jaxunlearn.data import tofu
-    from jaxunlearn.models import load_tokenizer, save_pretrained
-
-    method = methods.get_method(cfg.method)
-    bench = cfg.data.benchmark
-    forget = tofu.load_split(bench, cfg.data.forget)
-    retain = tofu.load_split(bench, cfg.data.retain_split)
-    tofu.check_disjoint(forget, retain, names=(cfg.data.forget, cfg.data.retain_split))
-    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
-    mesh_lib.check_batch_divides(cfg.train.batch_size, mesh, "train.batch_size")
-    path = _target_path(cfg)
-    tokenizer = load_tokenizer(cfg.data.tokenizer or path)
-    prepared = prepare_data(tokenizer, forget, retain, method, max_len=cfg.data.max_len,
-                            truncate=cfg.data.truncate)
-    model, config = loop_lib.build_model(dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, path=str(path))), tokenizer)
-    method.check_model(config)
-    validate.check_context([e.length for v in prepared.forget.values() for e in v]
-                           + [e.length for e in prepared.retain], config,
-                           what=f"{cfg.data.forget}/{cfg.data.retain_split} sequences")
-
-    out = Path(cfg.output_dir) / method.name
-    fingerprint = cfg.fingerprint("model", "data", "train", "method", "seed")
-    ckpt_dir = Path(cfg.output_dir) / "checkpoints" / f"unlearn-{method.name}-{fingerprint}"
-    if not resume and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    print(f"unlearning {cfg.data.forget} ({len(forget)} records, retain {len(retain)}) from "
-          f"{path} with {method.name}", file=sys.stderr)
-    t0 = time.perf_counter()
-    never_seen = ()
-    if isinstance(method, methods.ProcedureMethod):
-        try:  # the holdout people: never trained on, same kind of records as the forget set
-            never_seen = tofu.load_split(bench, "holdout")
-        except tofu.DataError:
-            never_seen = ()
-    result = unlearn_model(model, tokenizer, forget, retain, method, cfg.train, mesh=mesh,
-                           never_seen_records=never_seen,
-                           seed=cfg.seed, max_len=cfg.data.max_len, truncate=cfg.data.truncate,
-                           checkpoint_dir=ckpt_dir, resume=resume, fingerprint=fingerprint,
-                           progress=progress)
-    seconds = time.perf_counter() - t0
-    save_pretrained(result.model, config, out, tokenizer=tokenizer)
-    loop_lib.write_json_atomic(out / "unlearn.json", {
-        "method": method.to_dict(), "target": str(path), "forget": cfg.data.forget,
-        "retain": cfg.data.retain_split, "seconds": round(seconds, 2),
-        "updates": len(result.history), "history": result.history,
-        **loop_lib.provenance(cfg, mesh)})
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    last = result.history[-1] if result.history else {}
-    print(f"{method.name}: {len(result.history)} updates in {seconds:.1f}s; forget prob "
-          f"{last.get('forget_prob', float('nan')):.4f}, retain prob "
-          f"{last.get('retain_prob', float('nan')):.4f} -> {out}", file=sys.stderr)
-    return out

@@ -1,12 +1,33 @@
-"""Shared test helper: fit a tiny model with plain NLL for a fixed number of steps."""
+"""Shared test helpers: tiny model configs, benchmark tokenizers, a plain NLL fit.
+
+Test modules import these directly (``from _training import ...``); ``conftest.py``
+builds its shared fixtures from them.
+"""
 
 import jax
 from flax import nnx
 
 from jaxunlearn.data import batch as batch_lib
+from jaxunlearn.data import tokenizer as tok_lib
+from jaxunlearn.models import LlamaConfig
 from jaxunlearn.train import loop as loop_lib
 from jaxunlearn.train import step as step_lib
 from jaxunlearn.train.step import OptimizerConfig
+
+# The widths the unit tests use: two layers, 4 query / 2 kv heads of size 8.
+TINY = dict(hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
+
+
+def tiny_config(vocab_size: int, **overrides) -> LlamaConfig:
+    """A ``LlamaConfig`` of ``TINY`` widths (each overridable) and ``vocab_size`` tokens."""
+    return LlamaConfig(vocab_size=vocab_size, **{**TINY, **overrides})
+
+
+def bench_tokenizer(bench, *, vocab_size: int = 1000):
+    """A BPE tokenizer trained on a synthetic benchmark's QA splits and canaries."""
+    return tok_lib.train_tokenizer(
+        tok_lib.corpus_texts({**bench.splits, "canaries": bench.canaries}),
+        vocab_size=vocab_size)
 
 
 def train_nll(model, encoded, *, steps: int, learning_rate: float, warmup_steps: int,

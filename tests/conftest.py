@@ -19,3 +19,42 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# ======================================================================================
+# Shared fixtures (orchestration): the QA benchmark, tokenizer and briefly trained tiny
+# model that the evaluation tests (eval.suite, pipeline.evaluation) score. Session-scoped:
+# built once per test worker, whichever of those files it runs first.
+# ======================================================================================
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from _training import bench_tokenizer, train_nll  # noqa: E402
+from jaxunlearn.data import synthetic  # noqa: E402
+from jaxunlearn.data.batch import bucket_length, encode_qa_records  # noqa: E402
+from jaxunlearn.models import Llama  # noqa: E402
+from jaxunlearn.models.presets import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qa_bench():
+    """10 people x 2 QA (forget10 = one person), 8 world facts, canaries seen 1 and 4 times."""
+    return synthetic.generate(synthetic.SyntheticConfig(
+        num_people=10, qa_per_person=2, num_world_facts=8, canary_repetitions=(1, 4),
+        canaries_per_repetition=1, num_heldout_canaries=2, seed=3))
+
+
+@pytest.fixture(scope="session")
+def qa_tokenizer(qa_bench):
+    return bench_tokenizer(qa_bench)
+
+
+@pytest.fixture(scope="session")
+def qa_model(qa_tokenizer, qa_bench):
+    """A tiny model briefly trained on the retain people and world facts, so that its
+    answers overlap the references (ROUGE > 0) and every utility component is > 0."""
+    records = list(qa_bench.splits["retain90"]) + list(qa_bench.splits["world_facts"])
+    encoded = encode_qa_records(qa_tokenizer, records)
+    return train_nll(Llama(tiny(len(qa_tokenizer)), rngs=nnx.Rngs(0)), encoded, steps=60,
+                     learning_rate=1e-2, warmup_steps=0, batch_size=8,
+                     seq_len=bucket_length(max(e.length for e in encoded)),
+                     pad_id=qa_tokenizer.pad_token_id)

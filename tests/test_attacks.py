@@ -1,4 +1,6 @@
-"""Recovery attacks: quantisation error bounds, fine-tuning, before/after reports."""
+"""Recovery attacks: quantisation error bounds, fine-tuning recovery, before/after reports."""
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -8,6 +10,7 @@ from flax import nnx
 from jaxunlearn.data import synthetic, tokenizer as tk
 from jaxunlearn.errors import UserError
 from jaxunlearn.eval import attacks, suite
+from jaxunlearn.eval.results import BeforeAfter, ForgetScores
 from jaxunlearn.models import Llama
 from jaxunlearn.models.io import hf_tensors_from_model
 from jaxunlearn.models.presets import tiny
@@ -88,36 +91,37 @@ def test_quantization_attack_barely_moves_an_undamaged_model_at_8_bits(model, to
     out = attacks.quantization_attack(model, tokenizer, records, OPTIONS,
                                       canaries=bench.canaries)
     assert set(out) == {"quantize_8bit", "quantize_4bit"}
-    assert set(out["quantize_8bit"]) == set(suite.FORGET_KEYS)
-    for key in suite.FORGET_KEYS:
-        assert out["quantize_8bit"][key]["before"] == out["quantize_4bit"][key]["before"]
-    p = out["quantize_8bit"]["forget_prob"]
-    assert abs(p["after"] - p["before"]) <= 0.02 * p["before"]
-    tr = out["quantize_8bit"]["forget_truth_ratio"]
-    assert abs(tr["after"] - tr["before"]) <= 0.02
+    q8, q4 = out["quantize_8bit"].metrics, out["quantize_4bit"].metrics
+    assert set(q8) == set(ForgetScores.KEYS)
+    for key in ForgetScores.KEYS:
+        assert q8[key].before == q4[key].before
+    p = q8["forget_prob"]
+    assert abs(p.after - p.before) <= 0.02 * p.before
+    tr = q8["forget_truth_ratio"]
+    assert abs(tr.after - tr.before) <= 0.02
     # A known "before" is reused as given.
-    given = {k: 0.5 for k in suite.FORGET_KEYS}
+    given = ForgetScores(**{f.name: 0.5 for f in dataclasses.fields(ForgetScores)})
     again = attacks.quantization_attack(model, tokenizer, records, OPTIONS, bits=(8,),
                                         before=given)
-    assert again["quantize_8bit"]["forget_prob"]["before"] == 0.5
+    assert again["quantize_8bit"].metrics["forget_prob"].before == 0.5
 
 
-def test_relearn_split_is_disjoint_by_person_and_seeded(bench):
+def test_recovery_split_is_disjoint_by_person_and_seeded(bench):
     records = list(bench.splits["forget10"])
-    train, rest = attacks.relearn_split(records, 0.5, seed=0)
+    train, rest = attacks.recovery_split(records, 0.5, seed=0)
     assert train and rest and len(train) + len(rest) == len(records)
     assert not {r["person_id"] for r in train} & {r["person_id"] for r in rest}
-    assert attacks.relearn_split(records, 0.5, seed=0) == (train, rest)
+    assert attacks.recovery_split(records, 0.5, seed=0) == (train, rest)
     one_person = [r for r in records if r["person_id"] == records[0]["person_id"]]
-    train, rest = attacks.relearn_split(one_person, 0.5, seed=0)
+    train, rest = attacks.recovery_split(one_person, 0.5, seed=0)
     assert len(train) == 1 and len(rest) == len(one_person) - 1
     with pytest.raises(UserError, match="at least 2 records"):
-        attacks.relearn_split(records[:1], 0.5, seed=0)
+        attacks.recovery_split(records[:1], 0.5, seed=0)
 
 
 def test_finetune_lowers_the_loss_deterministically_and_copies(model, tokenizer, bench):
     records = list(bench.splits["forget10"])
-    config = attacks.RelearnAttackConfig(steps=6, learning_rate=1e-2, batch_size=4)
+    config = attacks.FinetuneRecoveryConfig(steps=6, learning_rate=1e-2, batch_size=4)
     original = hf_tensors_from_model(model)
     tuned, losses = attacks.finetune_nll(model, tokenizer, records, config)
     assert len(losses) == 6 and losses[-1] < losses[0]
@@ -129,31 +133,33 @@ def test_finetune_lowers_the_loss_deterministically_and_copies(model, tokenizer,
         np.testing.assert_array_equal(w, original[name])
 
 
-def test_relearn_attack_trains_on_some_people_and_measures_the_others(model, tokenizer, bench):
+def test_recovery_attack_trains_on_some_people_and_measures_the_others(model, tokenizer,
+                                                                      bench):
     records = list(bench.splits["forget10"])
-    config = attacks.RelearnAttackConfig(fraction=0.5, steps=6, learning_rate=1e-2,
-                                         batch_size=4)
-    out = attacks.relearn_attack(model, tokenizer, records, OPTIONS, config=config)
+    config = attacks.FinetuneRecoveryConfig(fraction=0.5, steps=6, learning_rate=1e-2,
+                                            batch_size=4)
+    out = attacks.finetune_recovery_attack(model, tokenizer, records, OPTIONS, config=config)
     # The same experiment by hand: split, fine-tune a copy, measure the held-back people.
-    train, rest = attacks.relearn_split(records, 0.5, seed=0)
+    train, rest = attacks.recovery_split(records, 0.5, seed=0)
     tuned, losses = attacks.finetune_nll(model, tokenizer, train, config)
-    before = suite.evaluate_forget(model, tokenizer, rest, OPTIONS)
-    after = suite.evaluate_forget(tuned, tokenizer, rest, OPTIONS)
-    assert set(out) == set(before) | {"info"}
+    before = suite.evaluate_forget(model, tokenizer, rest, OPTIONS).to_json()
+    after = suite.evaluate_forget(tuned, tokenizer, rest, OPTIONS).to_json()
+    assert set(out.metrics) == set(before)
+    assert set(before) == {"forget_prob", "forget_rouge", "forget_truth_ratio"}  # no canaries
     for key in before:
-        assert out[key] == {"before": before[key], "after": after[key]}
+        assert out.metrics[key] == BeforeAfter(before=before[key], after=after[key])
     assert after["forget_prob"] != before["forget_prob"]
-    assert out["info"] == {"train_records": len(train), "eval_records": len(rest), "steps": 6,
+    assert out.info == {"train_records": len(train), "eval_records": len(rest), "steps": 6,
                            "loss_first": losses[0], "loss_last": losses[-1]}
 
 
 def test_bad_attack_settings_name_the_field():
     with pytest.raises(UserError, match="fraction"):
-        attacks.RelearnAttackConfig(fraction=1.0)
+        attacks.FinetuneRecoveryConfig(fraction=1.0)
     with pytest.raises(UserError, match="steps"):
-        attacks.RelearnAttackConfig(steps=0)
+        attacks.FinetuneRecoveryConfig(steps=0)
     with pytest.raises(UserError, match="learning_rate"):
-        attacks.RelearnAttackConfig(learning_rate=0.0)
+        attacks.FinetuneRecoveryConfig(learning_rate=0.0)
     with pytest.raises(UserError, match="bits"):
         attacks.quantize_rtn(np.ones((2, 2)), 1)
     with pytest.raises(UserError, match="weight"):

@@ -86,7 +86,7 @@ def runs(tmp_path_factory) -> dict:
     from jaxunlearn.config import load_config
     from jaxunlearn.data import tofu
     from jaxunlearn.data import tokenizer as tok_lib
-    from jaxunlearn.train.loop import ensure_benchmark
+    from jaxunlearn.pipeline.provision import ensure_benchmark
 
     root = tmp_path_factory.mktemp("determinism")
     bench = root / "bench"

@@ -1,5 +1,6 @@
-"""eval.memscore (memorisation targets, MA summaries) and eval.neighbourhood (perturber,
-score): host-side pieces, no model. The model-level parts run in tests/test_sga_tau.py."""
+"""eval.sequence_memorization (memorisation targets, MA summaries) and eval.neighbourhood
+(perturber, score): host-side pieces, no model. The model-level parts run in
+tests/test_sga_tau.py."""
 
 import re
 
@@ -9,7 +10,7 @@ import pytest
 from jaxunlearn.data import synthetic
 from jaxunlearn.data import tokenizer as tok_lib
 from jaxunlearn.errors import DataError
-from jaxunlearn.eval import memscore, neighbourhood
+from jaxunlearn.eval import neighbourhood, sequence_memorization
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def _decode_counted(tok, e):
 
 def test_canary_target_is_the_secret(bench, tok):
     canaries = list(bench.canaries)
-    t = memscore.encode_targets(tok, canaries, max_len=64)
+    t = sequence_memorization.encode_targets(tok, canaries, max_len=64)
     assert t.kinds == ["canary"] * len(canaries)
     for c, train, ma in zip(canaries, t.train, t.ma):
         np.testing.assert_array_equal(train.token_ids, ma.token_ids)
@@ -49,7 +50,7 @@ def test_canary_target_is_the_secret(bench, tok):
 def test_qa_and_text_targets(bench, tok):
     rec = bench.splits["forget10"][0]
     bio = bench.biographies[0]
-    t = memscore.encode_targets(tok, [rec, {"text": bio["text"]}], max_len=512)
+    t = sequence_memorization.encode_targets(tok, [rec, {"text": bio["text"]}], max_len=512)
     assert t.kinds == ["qa", "text"]
     assert _decode_counted(tok, t.ma[0]) == rec["answer"]
     assert _decode_counted(tok, t.ma[1]) == bio["text"]
@@ -64,27 +65,27 @@ def test_qa_and_text_targets(bench, tok):
 ])
 def test_bad_records_are_named(bench, tok, record, message):
     with pytest.raises(DataError, match=message):
-        memscore.encode_targets(tok, [bench.splits["forget10"][0], record], max_len=64)
+        sequence_memorization.encode_targets(tok, [bench.splits["forget10"][0], record], max_len=64)
     with pytest.raises(DataError, match="forget split: no records"):
-        memscore.encode_targets(tok, [], max_len=64)
+        sequence_memorization.encode_targets(tok, [], max_len=64)
 
 
 def test_summarize_ma_by_hand():
     ma = [0.0, 0.1, 0.15, 0.6, 0.61, 1.0, 0.95, 0.3]
-    s = memscore.summarize_ma(ma, bins=4)
+    s = sequence_memorization.summarize_ma(ma, bins=4)
     assert s.n == 8 and s.max == 1.0 and s.mean == pytest.approx(3.71 / 8)
     assert s.extractable == 3  # 0.61, 1.0, 0.95 (strictly above 0.60)
     assert s.over_unlearned == 2  # 0.0, 0.1 (strictly below 0.15)
     # bins [0, .25) [.25, .5) [.5, .75) [.75, 1]
     assert s.histogram == (3, 1, 2, 2) and s.bin_edges == (0.0, 0.25, 0.5, 0.75, 1.0)
-    d = memscore.compare_ma([0.9, 0.7, 0.2], [0.65, 0.1, 0.2])
+    d = sequence_memorization.compare_ma([0.9, 0.7, 0.2], [0.65, 0.1, 0.2])
     assert d["still_extractable"] == [0] and d["over_unlearned"] == [1]
     assert d["mean_drop"] == pytest.approx(0.85 / 3)
     assert d["before"]["extractable"] == 2 and d["after"]["extractable"] == 1
     with pytest.raises(ValueError, match="ma"):
-        memscore.summarize_ma([np.nan])
+        sequence_memorization.summarize_ma([np.nan])
     with pytest.raises(ValueError, match="after"):
-        memscore.compare_ma([0.1], [0.1, 0.2])
+        sequence_memorization.compare_ma([0.1], [0.1, 0.2])
 
 
 # ----------------------------------------------------------------------------- neighbours

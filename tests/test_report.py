@@ -13,6 +13,16 @@ from jaxunlearn.errors import UserError
 from jaxunlearn.train.mesh import make_mesh
 
 
+# The eval.json key (pinned layout) each summary column shows, written out here
+# independently of report.py's accessors.
+COLUMN_KEYS = {"FQ ↑": "forget_quality", "MU ↑": "model_utility",
+               "forget ROUGE ↓": "forget_rouge", "forget prob ↓": "forget_prob",
+               "forget TR ↑": "forget_truth_ratio", "retain ROUGE ↑": "retain_rouge",
+               "retain prob ↑": "retain_prob", "MIA AUC (Min-K%)": "mia_min_k_auc",
+               "PrivLeak →0": "privleak", "canary MA ↓": "canary_forget_ma", "KFR ↑": "kfr",
+               "KRR ↑": "krr"}
+
+
 def _model(seed: int, *, fq: float | None, attacks: bool = True) -> dict:
     rng = np.random.default_rng(seed)
     m = {"forget_quality": fq, "model_utility": float(rng.uniform(0.2, 0.6)),
@@ -57,10 +67,11 @@ def test_report_has_a_row_per_model_and_valid_figures(tmp_path, evaluation):
     text = path.read_text()
     rows = _summary_rows(text)
     assert list(rows) == ["target", "retain", "npo", "grad_ascent"]  # target, retain first
-    header = [c[0] for c in report.SUMMARY_COLUMNS]
+    header = [c.header for c in report.SUMMARY_COLUMNS]
+    assert header == list(COLUMN_KEYS)
     npo = evaluation["models"]["npo"]
-    for (title, key, kind), cell in zip(report.SUMMARY_COLUMNS, rows["npo"][1:]):
-        assert cell == report._fmt(npo[key], kind), title
+    for column, cell in zip(report.SUMMARY_COLUMNS, rows["npo"][1:]):
+        assert cell == report._fmt(npo[COLUMN_KEYS[column.header]], column.kind), column.header
     assert rows["npo"][1] == "3.00e-02" and len(rows["npo"]) == len(header) + 2
     assert rows["npo"][-1] == "4-bit 0.100→0.400; relearn 0.100→0.550"
     assert rows["retain"][-1] == "–"
@@ -131,3 +142,11 @@ def test_env_info_records_versions_devices_and_mesh():
     assert env["devices"]["platform"] == jax.devices()[0].platform
     assert env["mesh"] == {"data": 2, "fsdp": 4}
     assert report.env_info(None)["mesh"] is None
+
+
+def test_mistyped_numbers_name_the_model_and_field(tmp_path, evaluation):
+    evaluation["models"]["npo"]["forget_quality"] = "high"
+    with pytest.raises(UserError, match=r"models\.npo'?: field 'forget_quality': expected a "
+                                        "number"):
+        report.write_report(evaluation, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written

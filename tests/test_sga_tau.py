@@ -13,7 +13,7 @@ from jaxunlearn.config import TrainConfig
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data import synthetic
 from jaxunlearn.data import tokenizer as tok_lib
-from jaxunlearn.eval import memscore, neighbourhood
+from jaxunlearn.eval import neighbourhood, sequence_memorization
 from jaxunlearn.models import Llama, LlamaConfig
 from jaxunlearn.train.step import OptimizerConfig
 
@@ -227,8 +227,8 @@ def _by_reps(records, ma):
 
 def test_memorization_scores_match_a_per_sequence_numpy_pass(canaries):
     model, tok, split = canaries
-    targets = memscore.encode_targets(tok, split["forget"], max_len=64)
-    ma = memscore.memorization_scores(model, targets, pad_id=2, batch_size=4).ma
+    targets = sequence_memorization.encode_targets(tok, split["forget"], max_len=64)
+    ma = sequence_memorization.memorization_scores(model, targets, pad_id=2, batch_size=4).ma
     # One right-padded forward pass of every sequence (causal: padding after a token
     # cannot change its prediction), argmax in NumPy.
     width = max(len(e.token_ids) for e in targets.ma)
@@ -246,9 +246,9 @@ def test_memorization_scores_match_a_per_sequence_numpy_pass(canaries):
 def test_ga_sga_tau_bring_memorised_canaries_down(canaries):
     model, tok, split = canaries
     forget, held = split["forget"], split["heldout"]
-    targets = memscore.encode_targets(tok, forget, max_len=64)
+    targets = sequence_memorization.encode_targets(tok, forget, max_len=64)
     top = np.array([c["repetitions"] for c in forget]) == 16
-    before = memscore.memorization_scores(model, targets, pad_id=2).ma
+    before = sequence_memorization.memorization_scores(model, targets, pad_id=2).ma
     figures = {"before": _by_reps(forget, before)}
 
     # GA = SGA with threshold 0 (every row selected), same never-seen stop level.
@@ -282,14 +282,14 @@ def test_ga_sga_tau_bring_memorised_canaries_down(canaries):
         # theta_s - (theta - theta_s)
         ref = 2 * np.asarray(a, np.float64) - np.asarray(f, np.float64)
         np.testing.assert_allclose(np.asarray(o), ref, rtol=0, atol=1e-5)
-    check = memscore.memorization_scores(tau.model, targets, pad_id=2).ma
+    check = sequence_memorization.memorization_scores(tau.model, targets, pad_id=2).ma
     np.testing.assert_allclose(check, tau.ma_after)
     figures["tau"] = _by_reps(forget, tau.ma_after)
     figures["never_seen"] = round(float(sga.never_seen_ma.mean()), 3)
     print("\nforget-canary MA by repetitions:", figures,
           f"\nupdates: ga {len(ga.history)} ({ga.stopped}), sga {len(sga.history)} "
           f"({sga.stopped}), tau {len(tau.history)} ({tau.stopped})")
-    summary = memscore.compare_ma(before, sga.ma_after)
+    summary = sequence_memorization.compare_ma(before, sga.ma_after)
     assert summary["after"]["extractable"] <= summary["before"]["extractable"]
 
 

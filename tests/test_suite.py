@@ -1,4 +1,4 @@
-"""The evaluation suite on a tiny synthetic benchmark and a tiny random model.
+"""``eval.suite`` (and its metric groups) on a tiny synthetic benchmark and a tiny model.
 
 Reported numbers are checked against independent computations: per-record answer
 probability and truth ratio from a NumPy log-softmax of the model's logits, ROUGE
@@ -12,20 +12,17 @@ import math
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 from rouge_score import rouge_scorer
 from scipy import stats
 
-from jaxunlearn.config import load_config
-from jaxunlearn.data import synthetic, tokenizer as tk
 from jaxunlearn.data.batch import encode_qa
-from jaxunlearn.data.tofu import DataError
-from jaxunlearn.errors import UserError
+from jaxunlearn.data.schema import CANARY_SPLITS
+from jaxunlearn.errors import DataError, UserError
 from jaxunlearn.eval import suite
-from jaxunlearn.eval.attacks import RelearnAttackConfig, finetune_nll
+from jaxunlearn.eval.groups import REGISTRY
 from jaxunlearn.eval.metrics import MODEL_UTILITY_KEYS
-from jaxunlearn.models import Llama, save_pretrained
-from jaxunlearn.models.presets import tiny
+from jaxunlearn.eval.options import GROUPS, QA_SPLITS
+from jaxunlearn.eval.results import ModelResult
 
 OPTIONS = suite.SuiteConfig(forget="forget10", retain="retain90", batch_size=16,
                             max_new_tokens=16, max_records=None, exposure_candidates=4,
@@ -33,33 +30,29 @@ OPTIONS = suite.SuiteConfig(forget="forget10", retain="retain90", batch_size=16,
 
 
 @pytest.fixture(scope="module")
-def bench():
-    cfg = synthetic.SyntheticConfig(num_people=10, qa_per_person=2, num_world_facts=8,
-                                    canary_repetitions=(1, 4), canaries_per_repetition=1,
-                                    num_heldout_canaries=2, seed=3)
-    return synthetic.generate(cfg)
+def bench(qa_bench):
+    return qa_bench
 
 
 @pytest.fixture(scope="module")
-def tokenizer(bench):
-    return tk.train_tokenizer(tk.corpus_texts({**bench.splits, "canaries": bench.canaries}),
-                              vocab_size=1000)
+def tokenizer(qa_tokenizer):
+    return qa_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer, bench):
-    """A tiny model briefly trained on the retain people and world facts, so that its
-    answers overlap the references (ROUGE > 0) and every utility component is > 0."""
-    fresh = Llama(tiny(len(tokenizer)), rngs=nnx.Rngs(0))
-    records = list(bench.splits["retain90"]) + list(bench.splits["world_facts"])
-    trained, _ = finetune_nll(fresh, tokenizer, records,
-                              RelearnAttackConfig(steps=60, learning_rate=1e-2, batch_size=8))
-    return trained
+def model(qa_model):
+    return qa_model
 
 
 @pytest.fixture(scope="module")
-def result(model, tokenizer, bench):
+def evaluated(model, tokenizer, bench):
     return suite.evaluate_model(model, tokenizer, bench, OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def result(evaluated):
+    """The model's eval.json entry: the pinned flat keys."""
+    return evaluated.to_json()
 
 
 def _np_mean_logprob(forward, tokenizer, question, answer):
@@ -77,7 +70,7 @@ def _np_mean_logprob(forward, tokenizer, question, answer):
 
 
 def test_keys_present_and_values_in_range(result, bench):
-    for split in suite.QA_SPLITS:
+    for split in QA_SPLITS:
         for kind in ("prob", "rouge", "truth_ratio"):
             assert 0.0 <= result[f"{split}_{kind}"] <= 1.0, (split, kind)
     assert result["forget_quality"] is None  # no retain model given
@@ -87,7 +80,7 @@ def test_keys_present_and_values_in_range(result, bench):
         assert 0.0 <= result[f"mia_{attack}_auc"] <= 1.0
         assert result[f"privleak_{attack}"] is None  # no reference AUC
     n_forget = sum(c["split"] == "forget" for c in bench.canaries)
-    for split in suite.CANARY_SPLITS:
+    for split in CANARY_SPLITS:
         for name in ("ma", "secret_accuracy", "extracted", "es"):
             assert 0.0 <= result[f"canary_{split}_{name}"] <= 1.0
         assert 0.0 <= result[f"canary_{split}_exposure"] <= math.log2(10 ** 8)
@@ -151,14 +144,14 @@ def test_canary_table_agrees_with_the_flat_means(result):
         assert result[f"canary_{split}_ma"] == pytest.approx((counts * ma).sum() / counts.sum())
 
 
-def test_against_itself_forget_quality_is_one_and_privleak_zero(result, model, tokenizer,
-                                                                bench):
-    again = suite.evaluate_model(model, tokenizer, bench, OPTIONS, reference=result)
+def test_against_itself_forget_quality_is_one_and_privleak_zero(evaluated, result, model,
+                                                                tokenizer, bench):
+    again = suite.evaluate_model(model, tokenizer, bench, OPTIONS, reference=evaluated).to_json()
     assert again["forget_quality"] == 1.0
     for attack in ("loss", "zlib", "min_k", "min_k_plus_plus"):
         assert again[f"privleak_{attack}"] == pytest.approx(0.0, abs=1e-9)
     direct = suite.evaluate_model(model, tokenizer, bench, OPTIONS, retain_truth_ratios=[
-        r * 50 for r in result["distributions"]["forget_truth_ratio"]])
+        r * 50 for r in result["distributions"]["forget_truth_ratio"]]).to_json()
     assert direct["forget_quality"] < 0.5  # shifted reference: distinguishable
 
 
@@ -181,26 +174,26 @@ def test_bad_options_and_data_name_the_field(bench):
         suite.evaluate_model(None, None, broken, suite.SuiteConfig(groups=("tofu",)))
 
 
-def test_main_eval_writes_eval_json_and_report(tmp_path, bench, model, tokenizer):
-    synthetic.write_benchmark(bench, tmp_path / "bench")
-    save_pretrained(model, model.config, tmp_path / "retain", tokenizer=tokenizer)
-    save_pretrained(model, model.config, tmp_path / "target", tokenizer=tokenizer)
-    cfg = load_config(None, [f"data.benchmark={tmp_path / 'bench'}",
-                             f"output_dir={tmp_path / 'out'}", "eval.batch_size=16",
-                             "eval.max_new_tokens=16", "eval.attacks=false",
-                             "eval.metrics=[tofu,mia]"])
-    assert suite.main_eval(cfg, [f"target={tmp_path / 'target'}"], tmp_path / "retain") == 0
-    data = json.loads((tmp_path / "out" / "eval.json").read_text(),
-                      parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
-    assert set(data) == {"config", "env", "models"}
-    assert set(data["models"]) == {"retain", "target"}
-    assert data["models"]["retain"]["forget_quality"] == 1.0
-    # Same weights: the target is indistinguishable from the retain model.
-    assert data["models"]["target"]["forget_quality"] == 1.0
-    assert data["models"]["target"]["privleak"] == pytest.approx(0.0, abs=1e-9)
-    assert data["env"]["devices"]["count"] == len(jax.devices())
-    assert (tmp_path / "out" / "report.md").is_file()
-    with pytest.raises(UserError, match="does not exist"):
-        suite.main_eval(cfg, [f"x={tmp_path / 'missing'}"], None)
-    with pytest.raises(UserError, match="used twice"):
-        suite.main_eval(cfg, [f"a={tmp_path / 'target'}", f"a={tmp_path / 'retain'}"], None)
+def test_registry_holds_every_selectable_group_as_a_result_field(evaluated):
+    assert tuple(REGISTRY) == GROUPS
+    fields = {f.name for f in __import__("dataclasses").fields(ModelResult)}
+    assert set(GROUPS) <= fields
+    for name in GROUPS:  # every group ran on this benchmark (it has holdout and canaries)
+        assert getattr(evaluated, name) is not None, name
+
+
+def test_selected_groups_only(model, tokenizer, bench):
+    only = suite.evaluate_model(model, tokenizer, bench, suite.SuiteConfig(
+        forget="forget10", retain="retain90", batch_size=16, max_new_tokens=16,
+        max_records=None, groups=("mia",)))
+    assert only.mia is not None and only.tofu is not None  # tofu is always computed
+    assert only.canaries is None and only.extraction is None and only.knowledge is None
+    keys = set(only.to_json())
+    assert "mia_min_k_auc" in keys and "kfr" not in keys
+    assert not any(k.startswith("canary_") for k in keys) and "canaries" not in keys
+
+
+def test_json_round_trip_is_exact(evaluated, result):
+    again = ModelResult.from_json(json.loads(json.dumps(result)))
+    assert again == evaluated
+    assert again.to_json() == result

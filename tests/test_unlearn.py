@@ -311,7 +311,7 @@ def test_unlearn_command_rejects_bad_input_before_work(tmp_path, target, capsys,
 @pytest.mark.parametrize("name", ["grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu",
                                   "undial", "wga", "rkld"])
 def test_experiment_yaml_is_valid(name):
-    from jaxunlearn.experiments import read_experiment
+    from jaxunlearn.pipeline.experiment import read_experiment
 
     path = Path(__file__).parent.parent / "experiments" / f"unlearn_{name}.yaml"
     cfg, meta = read_experiment(path, ["model.path=runs/demo/models/target"])

@@ -5,19 +5,22 @@
   so rounding can snap them back towards the original model. We round every weight
   matrix to nearest, symmetric, per output channel, at 8 and 4 bits, dequantise
   (float weights again) and re-measure the forget set.
-* Re-learning (Hu et al. 2025, "Unlearning or Obfuscating? Jogging the Memory of
-  Unlearned LLMs via Benign Relearning"; Lynch et al. 2024): a few steps of plain
-  fine-tuning (NLL, AdamW, fixed seed) on a small part of the forget set. If the rest
-  of the forget set comes back too, the knowledge was hidden, not removed.
+* Fine-tuning recovery, the re-learning attack (Hu et al. 2025, "Unlearning or
+  Obfuscating? Jogging the Memory of Unlearned LLMs via Benign Relearning"; Lynch et
+  al. 2024): a few steps of plain fine-tuning (NLL, AdamW, fixed seed) on a small part
+  of the forget set. If the rest of the forget set comes back too, the knowledge was
+  hidden, not removed. (Not the ReLearn unlearning method, ``method=relearn``; its
+  eval.json key is ``relearn`` for the attack's published name.)
 
-Both report each forget metric as ``{"before": x, "after": y}``.
+Both report each forget metric (``ForgetScores.KEYS``) before and after, as an
+:class:`~jaxunlearn.eval.results.AttackResult`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +32,10 @@ from jaxunlearn import losses
 from jaxunlearn.data.batch import bucket_length, encode_qa, iterate_batches
 from jaxunlearn.errors import UserError
 from jaxunlearn.eval.scoring import _pad_id
-from jaxunlearn.eval.suite import FORGET_KEYS, _options, benchmark_splits, evaluate_forget, \
-    subset
+from jaxunlearn.eval.inputs import benchmark_splits, subset
+from jaxunlearn.eval.options import SuiteConfig
+from jaxunlearn.eval.results import AttackResult, BeforeAfter, ForgetScores
+from jaxunlearn.eval.suite import evaluate_forget
 from jaxunlearn.models.io import hf_tensors_from_model, model_from_hf_tensors
 
 
@@ -70,26 +75,27 @@ def quantize_model(model, bits: int):
                                  source=f"{bits}-bit quantised model")
 
 
-def _before_after(before: Mapping, after: Mapping) -> dict:
-    return {k: {"before": float(before[k]), "after": float(after[k])}
-            for k in FORGET_KEYS if k in before and k in after and before[k] is not None}
+def _before_after(before: ForgetScores, after: ForgetScores, info=None) -> AttackResult:
+    b, a = before.to_json(), after.to_json()
+    return AttackResult(metrics={k: BeforeAfter(before=b[k], after=a[k]) for k in b if k in a},
+                        info=info)
 
 
 def quantization_attack(model, tokenizer, records: Sequence[dict], cfg, *,
                         bits: Sequence[int] = (8, 4), canaries: Sequence[dict] | None = None,
-                        before: Mapping | None = None) -> dict:
-    """Forget metrics (``suite.FORGET_KEYS``) before and after quantising at each width.
+                        before: ForgetScores | None = None) -> dict[str, AttackResult]:
+    """Forget metrics (``ForgetScores``) before and after quantising at each width.
 
     Args:
       records: the forget QA records to measure on.
       cfg: ``RunConfig`` or ``SuiteConfig`` (batch size, decoding length).
       canaries: the benchmark's canaries; the forget ones are measured too.
       before: the unquantised model's numbers on the same records when already known
-        (e.g. its ``evaluate_model`` result), to skip one evaluation.
+        (e.g. ``ForgetScores.of`` its ``evaluate_model`` result), to skip one evaluation.
     Returns:
-      ``{"quantize_8bit": {metric: {"before", "after"}}, "quantize_4bit": {...}}``.
+      ``{"quantize_8bit": AttackResult, "quantize_4bit": AttackResult}``.
     """
-    if before is None or not all(k in before for k in ("forget_prob", "forget_rouge")):
+    if before is None or before.prob is None or before.rouge is None:
         before = evaluate_forget(model, tokenizer, records, cfg, canaries=canaries)
     return {f"quantize_{b}bit": _before_after(
         before, evaluate_forget(quantize_model(model, b), tokenizer, records, cfg,
@@ -98,7 +104,7 @@ def quantization_attack(model, tokenizer, records: Sequence[dict], cfg, *,
 
 # ----------------------------------------------------------------------------- re-learning
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RelearnAttackConfig:
+class FinetuneRecoveryConfig:
     """The attacker's budget.
 
     Attributes:
@@ -119,29 +125,31 @@ class RelearnAttackConfig:
 
     def __post_init__(self):
         if not 0.0 < self.fraction < 1.0:
-            raise UserError(f"RelearnAttackConfig.fraction must be in (0, 1), got {self.fraction}")
+            raise UserError(f"FinetuneRecoveryConfig.fraction must be in (0, 1), "
+                            f"got {self.fraction}")
         for name in ("steps", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UserError(f"RelearnAttackConfig.{name} must be a positive integer, got {v!r}")
+                raise UserError(f"FinetuneRecoveryConfig.{name} must be a positive integer, "
+                                f"got {v!r}")
         if not self.learning_rate > 0:
-            raise UserError(f"RelearnAttackConfig.learning_rate must be > 0, "
+            raise UserError(f"FinetuneRecoveryConfig.learning_rate must be > 0, "
                             f"got {self.learning_rate}")
         if self.weight_decay < 0:
-            raise UserError(f"RelearnAttackConfig.weight_decay must be >= 0, "
+            raise UserError(f"FinetuneRecoveryConfig.weight_decay must be >= 0, "
                             f"got {self.weight_decay}")
 
 
-def relearn_split(records: Sequence[dict], fraction: float, seed: int
-                  ) -> tuple[list[dict], list[dict]]:
+def recovery_split(records: Sequence[dict], fraction: float, seed: int
+                   ) -> tuple[list[dict], list[dict]]:
     """``(attacker's records, records to measure)``, disjoint by person.
 
     People (``person_id``) are drawn with ``default_rng(seed)``; with a single person
     the records themselves are split. Needs at least two records.
     """
     if len(records) < 2:
-        raise UserError(f"forget split: the re-learning attack needs at least 2 records, "
-                        f"got {len(records)}")
+        raise UserError(f"forget split: the fine-tuning recovery attack needs at least 2 "
+                        f"records, got {len(records)}")
     keys = [r.get("person_id", i) for i, r in enumerate(records)]
     groups = list(dict.fromkeys(keys))
     if len(groups) < 2:
@@ -169,7 +177,7 @@ def _nll_step(graphdef, params, opt_state, input_ids, labels, loss_mask, attenti
     return optax.apply_updates(params, updates), opt_state, loss
 
 
-def finetune_nll(model, tokenizer, records: Sequence[dict], config: RelearnAttackConfig):
+def finetune_nll(model, tokenizer, records: Sequence[dict], config: FinetuneRecoveryConfig):
     """A fine-tuned copy of ``model`` (``model`` itself is unchanged) and its losses.
 
     Plain NLL on answer tokens, AdamW, ``config.steps`` steps of ``config.batch_size``
@@ -195,39 +203,40 @@ def finetune_nll(model, tokenizer, records: Sequence[dict], config: RelearnAttac
     return nnx.merge(graphdef, params), step_losses
 
 
-def relearn_attack(model, tokenizer, records: Sequence[dict], cfg, *,
-                   config: RelearnAttackConfig = RelearnAttackConfig()) -> dict:
+def finetune_recovery_attack(model, tokenizer, records: Sequence[dict], cfg, *,
+                             config: FinetuneRecoveryConfig = FinetuneRecoveryConfig()
+                             ) -> AttackResult:
     """Fine-tune on some forget people, measure the others before and after.
 
     Returns:
-      ``{metric: {"before", "after"}}`` for the QA keys of ``suite.FORGET_KEYS`` on the
-      held-back records, and ``info`` (records used, first and last training loss).
+      The QA metrics of ``ForgetScores`` on the held-back records before and after, and
+      ``info`` (records used, steps, first and last training loss).
     """
-    train, rest = relearn_split(list(records), config.fraction, config.seed)
+    train, rest = recovery_split(list(records), config.fraction, config.seed)
     before = evaluate_forget(model, tokenizer, rest, cfg)
-    relearned, step_losses = finetune_nll(model, tokenizer, train, config)
-    after = evaluate_forget(relearned, tokenizer, rest, cfg)
-    out: dict = _before_after(before, after)
-    out["info"] = {"train_records": len(train), "eval_records": len(rest),
-                   "steps": config.steps, "loss_first": step_losses[0],
-                   "loss_last": step_losses[-1]}
-    return out
+    recovered, step_losses = finetune_nll(model, tokenizer, train, config)
+    after = evaluate_forget(recovered, tokenizer, rest, cfg)
+    return _before_after(before, after, info={
+        "train_records": len(train), "eval_records": len(rest), "steps": config.steps,
+        "loss_first": step_losses[0], "loss_last": step_losses[-1]})
 
 
 def run_attacks(model, tokenizer, benchmark, cfg, *, bits: Sequence[int] = (8, 4),
-                relearn: RelearnAttackConfig | None = RelearnAttackConfig(),
-                before: Mapping | None = None) -> dict:
+                finetune: FinetuneRecoveryConfig | None = FinetuneRecoveryConfig(),
+                before: ForgetScores | None = None) -> dict[str, AttackResult]:
     """Both attacks on the forget split of ``benchmark`` (capped as ``evaluate_model``).
 
-    ``before``: the model's ``evaluate_model`` result, reused as the unquantised
-    numbers. ``relearn=None`` skips re-learning. Returns
-    ``{"quantize_8bit": ..., "quantize_4bit": ..., "relearn": ...}``.
+    ``before``: the model's forget numbers when known (``ForgetScores.of`` its
+    ``evaluate_model`` result), reused as the unquantised numbers. ``finetune=None``
+    skips the fine-tuning recovery attack. Returns ``{"quantize_8bit": ...,
+    "quantize_4bit": ..., "relearn": ...}`` (``relearn``: the fine-tuning recovery).
     """
-    options = _options(cfg)
+    options = SuiteConfig.of(cfg)
     data = benchmark_splits(benchmark, options)
     records = subset(data["forget"], options.max_records)
     out = quantization_attack(model, tokenizer, records, options, bits=bits,
                               canaries=data.get("canaries"), before=before)
-    if relearn is not None:
-        out["relearn"] = relearn_attack(model, tokenizer, records, options, config=relearn)
+    if finetune is not None:
+        out["relearn"] = finetune_recovery_attack(model, tokenizer, records, options,
+                                                  config=finetune)
     return out

@@ -6,7 +6,7 @@ name for a name, a number for a number, a word for a word). The score is
 
 ``s(x) = | l(x) - (1/K) sum_k l(x~_k) |``,  ``l = (1/|y|) sum_t log p(y_t | y_<t, context)``
 
-over the target tokens (answer, canary secret or document; ``eval.memscore``). The
+over the target tokens (answer, canary secret or document; ``eval.sequence_memorization``). The
 absolute value catches both failure modes of unlearning: a forget sequence still *more*
 likely than its neighbours (not forgotten) and one pushed far *below* them
 (over-unlearned, which gives membership away just as well). ``l`` is per-token averaged
@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxunlearn.eval import memscore, mia
+from jaxunlearn.eval import mia, sequence_memorization
 
 # text, rng -> a neighbour of text (must differ from it)
 Perturber = Callable[[str, np.random.Generator], str]
@@ -203,13 +203,13 @@ def neighbourhood_scores(model, tokenizer, records: Sequence[Mapping], *,
     records = list(records)
     nbrs = [r for i, rec in enumerate(records) for r in
             neighbour_records(rec, perturber, num_neighbours, np.random.default_rng([seed, i]))]
-    pad = memscore.pad_id_of(tokenizer)
-    kw = dict(pad_id=pad, batch_size=batch_size)
-    own = memscore.memorization_scores(
-        model, memscore.encode_targets(tokenizer, records, max_len=max_len, truncate=True), **kw)
-    other = memscore.memorization_scores(
-        model, memscore.encode_targets(tokenizer, nbrs, max_len=max_len, truncate=True,
-                                       split="neighbour"), **kw)
+    seqmem = sequence_memorization
+    kw = dict(pad_id=seqmem.pad_id_of(tokenizer), batch_size=batch_size)
+    own = seqmem.memorization_scores(
+        model, seqmem.encode_targets(tokenizer, records, max_len=max_len, truncate=True), **kw)
+    other = seqmem.memorization_scores(
+        model, seqmem.encode_targets(tokenizer, nbrs, max_len=max_len, truncate=True,
+                                     split="neighbour"), **kw)
     nb = other.mean_logprob.reshape(len(records), num_neighbours)
     return NeighbourhoodScores(neighbourhood_score(own.mean_logprob, nb), own.mean_logprob, nb)
 

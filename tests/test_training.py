@@ -1,5 +1,7 @@
-"""End to end: ``train_model`` builds the target and the retain model on a tiny benchmark;
-the target knows its forget answers better than the retain model, which never saw them."""
+"""``pipeline.training`` end to end: ``train_model`` builds the target and the retain model on
+a tiny benchmark (the benchmark and tokenizer provisioned by ``pipeline.provision``, the
+quality file by ``pipeline.quality``); the target knows its forget answers better than
+the retain model, which never saw them."""
 
 import json
 
@@ -11,7 +13,9 @@ from jaxunlearn.data import synthetic
 from jaxunlearn.data.batch import collate, encode_qa
 from jaxunlearn.errors import UserError
 from jaxunlearn.models import load_pretrained, load_tokenizer
-from jaxunlearn.train import loop
+from jaxunlearn.pipeline import training
+from jaxunlearn.pipeline.provision import TOKENIZER_DIR
+from jaxunlearn.pipeline.quality import QUALITY_FILE
 
 
 def _answer_nll(model_dir, records) -> float:
@@ -43,8 +47,8 @@ def trained(tmp_path_factory):
         "model=tiny", f"output_dir={root / 'out'}", "train.epochs=25", "train.batch_size=8",
         "train.optimizer.learning_rate=0.01", "train.optimizer.warmup_steps=5",
         "eval.max_new_tokens=24", "eval.batch_size=16"])
-    target = loop.train_model(cfg, "target", progress=False)
-    retain = loop.train_model(cfg, "retain", progress=False)
+    target = training.train_model(cfg, "target", progress=False)
+    retain = training.train_model(cfg, "retain", progress=False)
     return cfg, bench, root, target, retain
 
 
@@ -52,12 +56,12 @@ def test_saved_models_and_quality_files(trained):
     cfg, _, root, target, retain = trained
     assert target != retain and target.name.startswith("target-")
     for d in (target, retain):
-        for f in ("config.json", "model.safetensors", "tokenizer.json", loop.QUALITY_FILE):
+        for f in ("config.json", "model.safetensors", "tokenizer.json", QUALITY_FILE):
             assert (d / f).is_file(), d / f
-    q = json.loads((target / loop.QUALITY_FILE).read_text())
+    q = json.loads((target / QUALITY_FILE).read_text())
     assert q["which"] == "target" and q["forget"]["n"] == 4  # one forgotten person x 4 QA
     assert set(q["canary_verbatim"]) == {"forget", "retain", "heldout"}
-    assert (root / "bench" / loop.TOKENIZER_DIR / "tokenizer.json").is_file()
+    assert (root / "bench" / TOKENIZER_DIR / "tokenizer.json").is_file()
     assert not (root / "out" / "checkpoints" / target.name).exists()  # removed once saved
 
 
@@ -66,8 +70,8 @@ def test_target_knows_forget_answers_better_than_retain(trained):
     forget = bench.splits["forget10"]
     nll_target, nll_retain = _answer_nll(target, forget), _answer_nll(retain, forget)
     assert nll_target < nll_retain - 0.5, (nll_target, nll_retain)
-    q_t = json.loads((target / loop.QUALITY_FILE).read_text())
-    q_r = json.loads((retain / loop.QUALITY_FILE).read_text())
+    q_t = json.loads((target / QUALITY_FILE).read_text())
+    q_r = json.loads((retain / QUALITY_FILE).read_text())
     assert q_t["forget"]["rouge_l_recall"] > q_r["forget"]["rouge_l_recall"]
     # Retain people were trained on by both: the retain model knows them about as well.
     retain_people = bench.splits["retain90"][:8]
@@ -77,9 +81,9 @@ def test_target_knows_forget_answers_better_than_retain(trained):
 def test_cached_model_is_reused(trained):
     cfg, _, _, target, _ = trained
     stamp = (target / "model.safetensors").stat().st_mtime_ns
-    assert loop.train_model(cfg, "target", progress=False) == target
+    assert training.train_model(cfg, "target", progress=False) == target
     assert (target / "model.safetensors").stat().st_mtime_ns == stamp
-    assert loop.model_dir(cfg, "target") == target
+    assert training.model_dir(cfg, "target") == target
 
 
 def test_benchmark_of_other_settings_is_refused(trained):
@@ -87,13 +91,13 @@ def test_benchmark_of_other_settings_is_refused(trained):
     other = load_config(None, [f"data.benchmark={cfg.data.benchmark}", "data.people=12",
                                "model=tiny", f"output_dir={cfg.output_dir}"])
     with pytest.raises(UserError, match="num_people=10.*12"):
-        loop.train_model(other, "target", progress=False)
+        training.train_model(other, "target", progress=False)
     fewer = load_config(None, [f"data.benchmark={cfg.data.benchmark}", "data.people=10",
                                "data.qa_per_person=3", "model=tiny"])
     with pytest.raises(UserError, match="qa_per_person=4.*3"):
-        loop.train_model(fewer, "target", progress=False)
+        training.train_model(fewer, "target", progress=False)
     with pytest.raises(UserError, match="which"):
-        loop.train_model(cfg, "gold", progress=False)
+        training.train_model(cfg, "gold", progress=False)
 
 
 def test_model_path_that_does_not_fit_is_refused(trained, tmp_path):
@@ -113,7 +117,7 @@ def test_model_path_that_does_not_fit_is_refused(trained, tmp_path):
             "data.num_world_facts=8", "data.canaries_per_repetition=1",
             f"output_dir={tmp_path / 'out'}"]
     with pytest.raises(ValidationError, match=f"v256: tokenizer has {len(tok)} tokens"):
-        loop.train_model(load_config(None, base + [f"model={tmp_path / 'v256'}",
+        training.train_model(load_config(None, base + [f"model={tmp_path / 'v256'}",
                                                    f"data.tokenizer={target}"]), "target")
     with pytest.raises(ValidationError, match="of .* longer than the model's context of 16"):
-        loop.train_model(load_config(None, base + [f"model={tmp_path / 'ctx16'}"]), "target")
+        training.train_model(load_config(None, base + [f"model={tmp_path / 'ctx16'}"]), "target")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxunlearn.eval import memorization as mem
+from jaxunlearn.eval import memorization_metrics as mem
 
 
 def _one_hot_logits(pred_ids, vocab):

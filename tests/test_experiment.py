@@ -1,4 +1,5 @@
-"""`jaxunlearn run`: experiment YAMLs parse, and the SmolLM2 experiment runs offline."""
+"""``pipeline.experiment`` (`jaxunlearn run`): experiment YAMLs parse, and the SmolLM2
+experiment runs offline."""
 
 import json
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jaxunlearn.errors import ConfigError
-from jaxunlearn.experiments import read_experiment
+from jaxunlearn.pipeline.experiment import read_experiment
 
 ROOT = Path(__file__).parents[1]
 

@@ -20,7 +20,13 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from jaxunlearn.config import ConfigError, RunConfig, _yaml, load_config
+from jaxunlearn.config import RunConfig, _yaml, load_config
+from jaxunlearn.errors import ConfigError
+from jaxunlearn.pipeline.evaluate import main_eval
+from jaxunlearn.pipeline.training import train_model
+from jaxunlearn.pipeline.unlearning import run_unlearning
+
+__all__ = ["STAGES", "read_experiment", "run_experiment"]
 
 STAGES = ("train_target", "train_retain", "unlearn", "eval")
 _META = ("description", "reproduces", "expected", "requires", "stages")
@@ -54,16 +60,12 @@ def read_experiment(path: Path, overrides: Sequence[str]) -> tuple[RunConfig, di
 
 def run_experiment(path: Path, overrides: Sequence[str]) -> int:
     """Runs the experiment's stages in order; prints where each result went."""
-    from jaxunlearn.eval import suite
-    from jaxunlearn.train import loop
-    from jaxunlearn import unlearn
-
     cfg, meta = read_experiment(path, overrides)
     stages = meta["stages"]
     models: dict[str, str] = {}
     retain_path = None
     if "train_target" in stages:
-        target = loop.train_model(cfg, which="target")
+        target = train_model(cfg, which="target")
         models["target"] = str(target)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(target),
                                                                  preset=None))
@@ -71,14 +73,14 @@ def run_experiment(path: Path, overrides: Sequence[str]) -> int:
         models["target"] = cfg.model.path
     if "train_retain" in stages:
         base = load_config(None, overrides, base=_strip_meta(path))
-        retain_path = loop.train_model(base, which="retain")
+        retain_path = train_model(base, which="retain")
         models["retain"] = str(retain_path)
     if "unlearn" in stages:
-        out = unlearn.run_unlearning(cfg)
+        out = run_unlearning(cfg)
         models[cfg.method.get("name", "unlearned")] = str(out)
     if "eval" in stages:
         named = [f"{name}={p}" for name, p in models.items() if name != "retain"]
-        code = suite.main_eval(cfg, named, retain_path)
+        code = main_eval(cfg, named, retain_path)
         if code:
             return code
     summary = {"experiment": str(path), "stages": stages, "models": models,

@@ -2,8 +2,9 @@
 
 Generate the synthetic privacy benchmark, train the ``small`` target and the retain (gold)
 model (cached under ``<output_dir>/models`` by config hash), unlearn ``forget10`` with every
-registered method, evaluate each with the full suite and the recovery attacks, and write
-``eval.json``, ``report.md`` and the figures.
+registered method, evaluate each with the full suite and the recovery attacks
+(``pipeline.evaluation``: the rules every command follows), and write ``eval.json``,
+``report.md`` and the figures.
 """
 
 from __future__ import annotations
@@ -15,7 +16,20 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from jaxunlearn.config import ConfigError, RunConfig
+from tqdm import tqdm
+
+from jaxunlearn import methods, report, unlearn
+from jaxunlearn.config import RunConfig, TrainConfig, from_dict
+from jaxunlearn.data import synthetic
+from jaxunlearn.errors import ConfigError
+from jaxunlearn.eval.results import ModelResult
+from jaxunlearn.models import load_pretrained, load_tokenizer
+from jaxunlearn.pipeline.evaluation import Evaluation
+from jaxunlearn.pipeline.provision import ensure_benchmark
+from jaxunlearn.pipeline.training import train_model
+from jaxunlearn.train import mesh as mesh_lib
+
+__all__ = ["DEFAULTS", "DEMO_METHODS", "DEMO_TRAIN", "method_plan", "run_demo"]
 
 # Run-level defaults of the demo (a user's --config / key=value overrides go on top).
 DEFAULTS: dict[str, Any] = {
@@ -76,9 +90,6 @@ def _merge(dst: dict, src: Mapping) -> dict:
 
 def method_plan(cfg: RunConfig, names: Sequence[str]) -> list[tuple[Any, Any]]:
     """``(method config, TrainConfig)`` per method, validated before any work."""
-    from jaxunlearn import methods
-    from jaxunlearn.config import TrainConfig, from_dict
-
     plan = []
     for name in names:
         if name not in methods.method_names():
@@ -93,17 +104,21 @@ def method_plan(cfg: RunConfig, names: Sequence[str]) -> list[tuple[Any, Any]]:
     return plan
 
 
-def _summary_table(models: Mapping[str, Mapping]) -> str:
-    cols = [("forget_quality", "FQ", "{:.2e}"), ("model_utility", "MU", "{:.3f}"),
-            ("forget_rouge", "forget ROUGE", "{:.3f}"), ("forget_prob", "forget P", "{:.3f}"),
-            ("retain_rouge", "retain ROUGE", "{:.3f}"), ("mia_min_k_auc", "MIA AUC", "{:.3f}"),
-            ("canary_forget_ma", "canary MA", "{:.3f}")]
-    lines = ["| model | " + " | ".join(c[1] for c in cols) + " |",
-             "|---|" + "---|" * len(cols)]
-    for name, m in models.items():
+# The table the demo prints (README's): (header, the report's column, format).
+SUMMARY = (("FQ", report.FQ, "{:.2e}"), ("MU", report.MU, "{:.3f}"),
+           ("forget ROUGE", report.FORGET_ROUGE, "{:.3f}"),
+           ("forget P", report.FORGET_PROB, "{:.3f}"),
+           ("retain ROUGE", report.RETAIN_ROUGE, "{:.3f}"), ("MIA AUC", report.MIA_AUC, "{:.3f}"),
+           ("canary MA", report.CANARY_MA, "{:.3f}"))
+
+
+def _summary_table(models: Mapping[str, ModelResult]) -> str:
+    lines = ["| model | " + " | ".join(h for h, _, _ in SUMMARY) + " |",
+             "|---|" + "---|" * len(SUMMARY)]
+    for name, result in models.items():
         cells = []
-        for key, _, fmt in cols:
-            v = m.get(key)
+        for _, column, fmt in SUMMARY:
+            v = column.value(result)
             cells.append("n/a" if v is None else fmt.format(v))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -111,15 +126,6 @@ def _summary_table(models: Mapping[str, Mapping]) -> str:
 
 def run_demo(cfg: RunConfig, methods_subset: Sequence[str] | None = None) -> int:
     """Runs the demo end to end; returns the exit code."""
-    from tqdm import tqdm
-
-    from jaxunlearn import methods, report, unlearn
-    from jaxunlearn.data import synthetic
-    from jaxunlearn.eval import attacks, suite
-    from jaxunlearn.models import load_pretrained, load_tokenizer
-    from jaxunlearn.train import loop
-    from jaxunlearn.train import mesh as mesh_lib
-
     start = time.perf_counter()
     names = list(methods_subset) if methods_subset else [
         n for n in DEMO_METHODS if n in methods.method_names()]
@@ -132,9 +138,9 @@ def run_demo(cfg: RunConfig, methods_subset: Sequence[str] | None = None) -> int
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    bench_dir = loop.ensure_benchmark(cfg)
-    target_dir = loop.train_model(cfg, "target")
-    retain_dir = loop.train_model(cfg, "retain")
+    bench_dir = ensure_benchmark(cfg)
+    target_dir = train_model(cfg, "target")
+    retain_dir = train_model(cfg, "retain")
     timings["train"] = time.perf_counter() - t
     bench = synthetic.read_benchmark(bench_dir)
     forget = bench.splits[cfg.data.forget]
@@ -143,25 +149,18 @@ def run_demo(cfg: RunConfig, methods_subset: Sequence[str] | None = None) -> int
     target, _ = load_pretrained(target_dir)
     retain_model, _ = load_pretrained(retain_dir)
 
-    results: dict[str, dict] = {}
+    evaluation = Evaluation(cfg, bench)
     stages = tqdm(total=2 + len(plan), desc="evaluate + unlearn", unit="model", file=sys.stderr)
 
-    def evaluate(name, model, reference, extra=None):
-        t = time.perf_counter()
-        res = suite.evaluate_model(model, tokenizer, bench, cfg, reference=reference)
-        if cfg.eval.attacks:
-            res["attacks"] = attacks.run_attacks(model, tokenizer, bench, cfg, before=res)
-        if extra:
-            res.update(extra)
-        timings[f"eval_{name}"] = time.perf_counter() - t
-        stages.set_postfix_str(f"{name}: FQ {res.get('forget_quality') or 0:.2e} "
-                               f"MU {res.get('model_utility') or 0:.3f}")
+    def evaluated(name: str, result: ModelResult) -> None:
+        timings[f"eval_{name}"] = evaluation.seconds[name]
+        fq, mu = result.tofu.forget_quality, result.tofu.model_utility
+        stages.set_postfix_str(f"{name}: FQ {fq or 0:.2e} MU {mu or 0:.3f}")
         stages.update()
-        return res
 
-    ref = suite.evaluate_model(retain_model, tokenizer, bench, cfg)
-    results["retain"] = evaluate("retain", retain_model, ref)
-    results["target"] = evaluate("target", target, ref)
+    evaluated("retain", evaluation.add_retain(retain_model, tokenizer))
+    del retain_model
+    evaluated("target", evaluation.add("target", target, tokenizer))
     for method, train in plan:
         stages.set_description(f"unlearn {method.name}")
         t = time.perf_counter()
@@ -172,20 +171,17 @@ def run_demo(cfg: RunConfig, methods_subset: Sequence[str] | None = None) -> int
         seconds = time.perf_counter() - t
         timings[f"unlearn_{method.name}"] = seconds
         hist = res.history
-        results[method.name] = evaluate(method.name, res.model, ref, {"unlearn": {
+        evaluated(method.name, evaluation.add(method.name, res.model, tokenizer, unlearn={
             "method": method.to_dict(), "train": dataclasses.asdict(train),
             "updates": len(hist), "seconds": round(seconds, 2),
             "curve": [{k: h[k] for k in ("step", "loss", "forget_prob", "retain_prob") if k in h}
-                      for h in hist]}})
+                      for h in hist]}))
     stages.close()
 
     timings["total"] = time.perf_counter() - start
-    eval_dict = {"config": {**cfg.to_dict(), "methods": [m.to_dict() for m, _ in plan]},
-                 "env": report.env_info(mesh),
-                 "models": results,
-                 "timings": {k: round(v, 2) for k, v in timings.items()}}
-    report.write_json(eval_dict, out / "eval.json")
-    report_path = report.write_report(eval_dict, out)
-    print(_summary_table(results))
+    report_path = evaluation.write(
+        out, mesh=mesh, timings=timings,
+        config={**cfg.to_dict(), "methods": [m.to_dict() for m, _ in plan]})
+    print(_summary_table(evaluation.results))
     print(f"\ndemo finished in {timings['total'] / 60:.1f} min; report: {report_path}")
     return 0

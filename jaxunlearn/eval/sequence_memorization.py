@@ -4,7 +4,7 @@ Memorisation-aware unlearning (SGA, TAU; ``jaxunlearn.memunlearn``) needs, every
 the memorisation accuracy of each forget sequence:
 
 ``MA_n = (1 / |y_n|) sum_t 1[argmax_v p(v | y_<t) = y_t]``  (teacher forcing; Tirumala et
-al. 2022; Jang et al. 2023 eq. 2; ``eval.memorization.memorization_accuracy``),
+al. 2022; Jang et al. 2023 eq. 2; ``eval.memorization_metrics.memorization_accuracy``),
 
 taken over the sequence's *target* tokens: the answer of a QA record, the secret of a
 canary, every token of a raw document. The end-of-sequence token is left out of MA (it

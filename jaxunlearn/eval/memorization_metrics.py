@@ -1,5 +1,9 @@
 """Verbatim-memorisation metrics: MA / exact memorisation, extraction strength, EL_n, exposure.
 
+Pure functions of logits, token ids or log-perplexities; a model's per-sequence
+memorisation over records is ``eval.sequence_memorization``, and the unlearning methods
+that act on it (SGA, TAU) are in the method layer.
+
 Teacher-forced metrics (``memorization_accuracy``, ``extraction_strength``) take
 logits ``[B, T, V]`` or greedy correctness ``[B, T]`` with ``logits[b, t]`` scoring
 ``labels[b, t]`` and a 0/1 ``mask``; they are jittable. Extraction likelihood works

@@ -1,0 +1,108 @@
+"""The one place that evaluates a command's models and writes ``eval.json`` and the report.
+
+Every command that evaluates (``demo``, ``eval``, ``run``) goes through
+:class:`Evaluation`, so the same rules hold everywhere:
+
+* the retain (gold) model, when there is one, is evaluated first and once. It is its
+  own reference (forget quality = the KS p-value of its forget truth ratios against
+  themselves = 1; PrivLeak = its AUC against itself = 0, None where that AUC is 1) and
+  the reference of every other model (their forget quality and PrivLeak are measured
+  against it);
+* with ``eval.attacks`` every model is attacked (quantisation and fine-tuning recovery),
+  the retain model included: it never saw the forget people, so its "after" numbers are
+  the control, what the attack alone teaches a model that never knew them;
+* ``eval.json`` = ``{"config", "env", "models"}`` (plus ``timings`` when the command
+  measured them), written atomically, then ``report.md`` and the figures beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jaxunlearn import report
+from jaxunlearn.eval import attacks, suite
+from jaxunlearn.eval.inputs import benchmark_splits
+from jaxunlearn.eval.options import SuiteConfig
+from jaxunlearn.eval.results import ForgetScores, ModelResult
+
+__all__ = ["Evaluation"]
+
+
+class Evaluation:
+    """Evaluates models one at a time (only one needs to be in memory) and writes them.
+
+    Args:
+      cfg: the run's ``RunConfig`` (its ``eval`` section, and what ``eval.json`` records).
+      benchmark: a benchmark directory, a ``synthetic.Benchmark`` or a split mapping
+        (``eval.inputs.benchmark_splits``), read and checked here, before any model.
+      options: what to compute (default: ``SuiteConfig.from_run_config(cfg)``).
+    """
+
+    def __init__(self, cfg, benchmark, options: SuiteConfig | None = None):
+        self.cfg = cfg
+        self.options = options or SuiteConfig.from_run_config(cfg)
+        self.data = benchmark_splits(benchmark, self.options)
+        self.results: dict[str, ModelResult] = {}
+        self.seconds: dict[str, float] = {}
+        self._reference: ModelResult | None = None
+
+    @property
+    def reference(self) -> ModelResult | None:
+        """The retain model's result, once :meth:`add_retain` has run."""
+        return self._reference
+
+    def add_retain(self, model, tokenizer) -> ModelResult:
+        """Evaluates the retain model, its own reference and everyone else's; call it first."""
+        if self.results:
+            raise ValueError("Evaluation.add_retain: the retain model must come first, "
+                             f"before {', '.join(self.results)}")
+        start = time.perf_counter()
+        own = suite.own_reference(suite.evaluate_data(model, tokenizer, self.data,
+                                                      self.options))
+        self._reference = own
+        return self._finish("retain", model, tokenizer, own, None, start)
+
+    def add(self, name: str, model, tokenizer, *,
+            unlearn: Mapping[str, Any] | None = None) -> ModelResult:
+        """Evaluates ``model`` against the retain model (when added) under ``name``;
+        ``unlearn``: how it was made (method, schedule, loss curve), kept in its entry."""
+        if name in self.results or name == "retain":
+            raise ValueError(f"Evaluation.add: model name {name!r} is taken")
+        start = time.perf_counter()
+        result = suite.evaluate_data(model, tokenizer, self.data, self.options,
+                                     reference=self._reference)
+        return self._finish(name, model, tokenizer, result, unlearn, start)
+
+    def _finish(self, name, model, tokenizer, result: ModelResult, unlearn, start) -> ModelResult:
+        if self.cfg.eval.attacks:
+            result = dataclasses.replace(result, attacks=attacks.run_attacks(
+                model, tokenizer, self.data, self.options, before=ForgetScores.of(result)))
+        if unlearn is not None:
+            result = dataclasses.replace(result, unlearn=dict(unlearn))
+        self.results[name] = result
+        self.seconds[name] = time.perf_counter() - start
+        return result
+
+    def to_json(self, *, mesh, config: Mapping | None = None,
+                timings: Mapping[str, float] | None = None) -> dict:
+        """The ``eval.json`` document: the config (default: the run's), provenance
+        (versions, devices, mesh), every model's entry, and ``timings`` when given."""
+        out = {"config": dict(config) if config is not None else self.cfg.to_dict(),
+               "env": report.env_info(mesh),
+               "models": {name: r.to_json() for name, r in self.results.items()}}
+        if timings is not None:
+            out["timings"] = {k: round(v, 2) for k, v in timings.items()}
+        return out
+
+    def write(self, out_dir: str | Path, *, mesh, config: Mapping | None = None,
+              timings: Mapping[str, float] | None = None) -> Path:
+        """Writes ``<out_dir>/eval.json`` atomically and the report beside it; returns the
+        path of ``report.md``."""
+        out = Path(out_dir)
+        document = self.to_json(mesh=mesh, config=config, timings=timings)
+        report.write_json(document, out / "eval.json")
+        return report.write_report(document, out)

@@ -1,0 +1,103 @@
+"""``jaxunlearn unlearn``: unlearn ``data.forget`` from a trained target with one method.
+
+Everything is checked before the model is loaded; the unlearning itself is
+``jaxunlearn.unlearn.unlearn_model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from jaxunlearn import methods, validate
+from jaxunlearn.data import tofu
+from jaxunlearn.errors import DataError, UserError
+from jaxunlearn.models import load_tokenizer, save_pretrained
+from jaxunlearn.pipeline.provision import build_model, provenance
+from jaxunlearn.pipeline.training import model_dir
+from jaxunlearn.train import mesh as mesh_lib
+from jaxunlearn.train.loop import write_json_atomic
+from jaxunlearn.unlearn import prepare_data, unlearn_model
+
+__all__ = ["target_path", "run_unlearning"]
+
+
+def target_path(cfg) -> Path:
+    """``model.path``, else the target ``jaxunlearn train`` made for this config."""
+    if cfg.model.path:
+        path = Path(cfg.model.path)
+        if not path.exists():
+            raise UserError(f"model.path: {path} does not exist")
+        return path
+    bench = Path(cfg.data.benchmark)
+    if (bench / "manifest.json").is_file():
+        path = model_dir(cfg, "target")
+        if (path / "config.json").is_file():
+            return path
+        raise UserError(f"model.path: not given, and no trained target at {path} "
+                        "(run `jaxunlearn train` with this config first)")
+    raise UserError("model.path: not given (the trained target model to unlearn)")
+
+
+def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
+    """``jaxunlearn unlearn``: unlearn ``data.forget`` from the target with ``cfg.method``.
+
+    Everything is validated before any work (method and hyper-parameters; benchmark
+    splits and their disjointness; mesh vs devices and batch; model and tokenizer; record
+    lengths). The result goes to ``<output_dir>/<method name>`` (HF safetensors with the
+    tokenizer, written atomically) with ``unlearn.json`` (method, history, timings);
+    checkpoints to ``<output_dir>/checkpoints/unlearn-<name>-<fingerprint>``.
+    """
+    method = methods.get_method(cfg.method)
+    bench = cfg.data.benchmark
+    forget = tofu.load_split(bench, cfg.data.forget)
+    retain = tofu.load_split(bench, cfg.data.retain_split)
+    tofu.check_disjoint(forget, retain, names=(cfg.data.forget, cfg.data.retain_split))
+    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    mesh_lib.check_batch_divides(cfg.train.batch_size, mesh, "train.batch_size")
+    path = target_path(cfg)
+    tokenizer = load_tokenizer(cfg.data.tokenizer or path)
+    prepared = prepare_data(tokenizer, forget, retain, method, max_len=cfg.data.max_len,
+                            truncate=cfg.data.truncate)
+    model, config = build_model(dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, path=str(path))), tokenizer)
+    method.check_model(config)
+    validate.check_context([e.length for v in prepared.forget.values() for e in v]
+                           + [e.length for e in prepared.retain], config,
+                           what=f"{cfg.data.forget}/{cfg.data.retain_split} sequences")
+
+    out = Path(cfg.output_dir) / method.name
+    fingerprint = cfg.fingerprint("model", "data", "train", "method", "seed")
+    ckpt_dir = Path(cfg.output_dir) / "checkpoints" / f"unlearn-{method.name}-{fingerprint}"
+    if not resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    print(f"unlearning {cfg.data.forget} ({len(forget)} records, retain {len(retain)}) from "
+          f"{path} with {method.name}", file=sys.stderr)
+    t0 = time.perf_counter()
+    never_seen = ()
+    if isinstance(method, methods.ProcedureMethod):
+        try:  # the holdout people: never trained on, same kind of records as the forget set
+            never_seen = tofu.load_split(bench, "holdout")
+        except DataError:
+            never_seen = ()
+    result = unlearn_model(model, tokenizer, forget, retain, method, cfg.train, mesh=mesh,
+                           never_seen_records=never_seen,
+                           seed=cfg.seed, max_len=cfg.data.max_len, truncate=cfg.data.truncate,
+                           checkpoint_dir=ckpt_dir, resume=resume, fingerprint=fingerprint,
+                           progress=progress)
+    seconds = time.perf_counter() - t0
+    save_pretrained(result.model, config, out, tokenizer=tokenizer)
+    write_json_atomic(out / "unlearn.json", {
+        "method": method.to_dict(), "target": str(path), "forget": cfg.data.forget,
+        "retain": cfg.data.retain_split, "seconds": round(seconds, 2),
+        "updates": len(result.history), "history": result.history,
+        **provenance(cfg, mesh)})
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    last = result.history[-1] if result.history else {}
+    print(f"{method.name}: {len(result.history)} updates in {seconds:.1f}s; forget prob "
+          f"{last.get('forget_prob', float('nan')):.4f}, retain prob "
+          f"{last.get('retain_prob', float('nan')):.4f} -> {out}", file=sys.stderr)
+    return out
