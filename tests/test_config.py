@@ -54,3 +54,17 @@ def test_bad_yaml_names_file(tmp_path):
         load_config(f)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("field, value", [("forget", "../../etc/passwd"), ("retain", "a/b"),
+                                          ("forget", ".."), ("retain", "/abs")])
+def test_config_refuses_split_names_that_are_paths(field, value):
+    with pytest.raises(ConfigError, match=f"data.{field}"):
+        load_config(None, [f"data.{field}={value}"])
+    assert load_config(None, [f"data.{field}=forget05"]).data.forget  # plain names pass
+
+
+def test_exponent_floats_are_numbers_not_bad_input():
+    """``learning_rate=3e-3`` is not a bad input (PyYAML alone reads it as a string)."""
+    cfg = load_config(None, ["train.optimizer.learning_rate=3e-3", "method.beta=1E-1"])
+    assert cfg.train.optimizer.learning_rate == 0.003 and cfg.method["beta"] == 0.1

@@ -16,8 +16,8 @@ import gguf
 import numpy as np
 import pytest
 
-from jaxunlearn.models import gguf as gguf_module
 from jaxunlearn.errors import GGUFError
+from jaxunlearn.models import gguf as gguf_module
 from jaxunlearn.models.gguf import find_smollm2_gguf, read_gguf, tokenizer_from_gguf
 
 Q = gguf.GGMLQuantizationType
@@ -532,3 +532,85 @@ def test_smollm2_greedy_generation_identical(smollm2_pair, tokenizers):
         ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                           max_new_tokens=20, min_new_tokens=20, do_sample=False)[0, len(ids):]
     assert gen.tokens[0].tolist() == ref.tolist()
+
+
+# ---------------------------------------------- header bounds, checked before any tensor byte
+
+_U32, _U64, _STR = 4, 10, 8  # GGUF metadata value types
+_F32 = 0  # ggml type id
+
+
+def _gguf(tensors: list[tuple[str, list[int], int, int]], *, data: int = 0,
+          kv: list[bytes] = (), n_tensors: int | None = None) -> bytes:
+    """A GGUF v3 file: header, ``kv`` entries, tensor infos (name, dims, type, offset),
+    padding to 32 bytes, then ``data`` zero bytes."""
+    def string(s: str) -> bytes:
+        b = s.encode()
+        return struct.pack("<Q", len(b)) + b
+
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors) if n_tensors is None else n_tensors,
+                                len(kv))
+    out += b"".join(kv)
+    for name, dims, ggml_type, offset in tensors:
+        out += string(name) + struct.pack("<I", len(dims))
+        out += struct.pack(f"<{len(dims)}Q", *dims) + struct.pack("<IQ", ggml_type, offset)
+    out += bytes(-len(out) % 32)
+    return out + bytes(data)
+
+
+def _kv_string(key: str, value: str) -> bytes:
+    k, v = key.encode(), value.encode()
+    return struct.pack("<Q", len(k)) + k + struct.pack("<I", _STR) + struct.pack("<Q", len(v)) + v
+
+
+@pytest.fixture
+def no_memmap(monkeypatch):
+    """No tensor byte may be read (np.memmap is how read_gguf reads them)."""
+    def boom(*args, **kwargs):
+        raise AssertionError("tensor data was mapped before the header was validated")
+
+    monkeypatch.setattr(np, "memmap", boom)
+
+
+@pytest.mark.parametrize("blob, message", [
+    # 64 x 64 float32 = 16 KiB claimed, 1 KiB present.
+    (_gguf([("token_embd.weight", [64, 64], _F32, 0)], data=1024), "outside the"),
+    # in range in size, but the offset points past the end.
+    (_gguf([("token_embd.weight", [8], _F32, 1 << 20)], data=64), "outside the"),
+    # a tensor of 2^62 elements: must fail on the size check, not allocate.
+    (_gguf([("token_embd.weight", [1 << 31, 1 << 31], _F32, 0)], data=64), "outside the"),
+    # two tensors sharing bytes.
+    (_gguf([("a.weight", [16], _F32, 0), ("b.weight", [16], _F32, 32)], data=128), "overlap"),
+    # unaligned offset.
+    (_gguf([("token_embd.weight", [4], _F32, 4)], data=64), "aligned"),
+    # a billion tensors announced in a tiny file.
+    (_gguf([], n_tensors=10 ** 9), "too many"),
+    # a metadata string claiming 1 TiB.
+    (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1 << 40) + b"key", "past the end"),
+    # unknown ggml type id.
+    (_gguf([("token_embd.weight", [32], 999, 0)], data=128), "unknown ggml type"),
+    # a 5-dimensional tensor.
+    (_gguf([("token_embd.weight", [1, 1, 1, 1, 1], _F32, 0)], data=64), "dimensions"),
+    (b"GGUF" + struct.pack("<I", 3) + b"\x01\x00", "past the end"),
+], ids=["larger-than-file", "offset-past-end", "huge-dims", "overlap", "unaligned",
+        "tensor-count", "string-length", "unknown-type", "rank-5", "cut-header"])
+def test_gguf_header_is_checked_against_the_file_size(tmp_path, no_memmap, blob, message):
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(blob)
+    with pytest.raises(GGUFError, match=message) as err:
+        read_gguf(path)
+    assert str(path) in str(err.value)
+
+
+def test_gguf_fixture_builder_makes_readable_headers(tmp_path):
+    """The hand-built headers above are valid GGUF but for the planted fault: the
+    ``gguf`` package's own reader parses a correct one."""
+    import gguf
+
+    path = tmp_path / "ok.gguf"
+    path.write_bytes(_gguf([("token_embd.weight", [8, 2], _F32, 0)], data=64,
+                           kv=[_kv_string("general.architecture", "llama")]))
+    reader = gguf.GGUFReader(str(path))
+    (t,) = reader.tensors
+    assert t.name == "token_embd.weight" and list(t.shape) == [8, 2]
+    assert str(reader.fields["general.architecture"].contents()) == "llama"

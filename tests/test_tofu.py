@@ -251,3 +251,10 @@ def test_load_muse_corpus_text_records_and_directory(tmp_path):
 def test_read_records_single_file(tmp_path):
     path = write_jsonl(tmp_path / "anything.jsonl", RETAIN)
     assert read_records(path) == RETAIN
+
+
+def test_split_loader_refuses_paths(tmp_path):
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "secret.json").write_text('{"question": "q?", "answer": "a"}\n')
+    with pytest.raises(DataError, match="plain split name"):
+        load_split(tmp_path / "bench", "../secret")

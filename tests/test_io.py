@@ -1,0 +1,103 @@
+"""models.io: loading and saving checkpoints safely. Only safetensors (and GGUF) are read:
+a directory with only a booby-trapped ``pytorch_model.bin`` is refused and the pickle
+never runs; a tokenizer asking for its own Python code does not get it; an index file
+cannot point a shard outside the model directory."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+from flax import nnx
+
+from jaxunlearn.data.tokenizer import train_tokenizer
+from jaxunlearn.errors import CheckpointError
+from jaxunlearn.models import Llama, load_pretrained, load_tokenizer, save_pretrained
+from jaxunlearn.models.presets import tiny
+
+
+class _Trap:
+    """Unpickling this creates ``path``: proof that something unpickled the file."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture
+def tiny_hf_dir(tmp_path) -> Path:
+    config = tiny(vocab_size=64)
+    return save_pretrained(Llama(config, rngs=nnx.Rngs(0)), config, tmp_path / "model")
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Makes every pickle entry point (and torch.load) fail loudly if anything calls it."""
+    import torch
+
+    def boom(*args, **kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    for mod, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
+                      (torch, "load")):
+        monkeypatch.setattr(mod, name, boom)
+
+
+def test_directory_with_only_pytorch_model_bin_is_refused(tmp_path, tiny_hf_dir, no_unpickling):
+    marker = tmp_path / "unpickled"
+    (tiny_hf_dir / "model.safetensors").unlink()
+    (tiny_hf_dir / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(marker)))
+    with pytest.raises(CheckpointError, match=r"no \*\.safetensors.*pickled \.bin checkpoints "
+                                              r"are refused"):
+        load_pretrained(tiny_hf_dir)
+    assert not marker.exists()
+
+
+def test_trap_really_fires_when_unpickled(tmp_path):
+    """The check above is meaningful: unpickling the trap does create the marker."""
+    marker = tmp_path / "unpickled"
+    pickle.loads(pickle.dumps(_Trap(marker)))
+    assert marker.exists()
+
+
+def test_tokenizer_asking_for_remote_code_does_not_run_it(tmp_path, tiny_hf_dir):
+    """A tokenizer_config/config.json whose ``auto_map`` points at a Python file in the
+    directory: ``load_tokenizer`` either ignores it or refuses, but never imports it."""
+    marker = tmp_path / "remote_code_ran"
+    train_tokenizer(["alpha beta gamma"] * 8, vocab_size=300).save_pretrained(str(tiny_hf_dir))
+    (tiny_hf_dir / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from transformers import PreTrainedTokenizerFast\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+        "from transformers import LlamaConfig\n"
+        "class EvilConfig(LlamaConfig):\n    model_type = 'evil'\n")
+    for name, extra in (("tokenizer_config.json", {"tokenizer_class": "EvilTokenizer",
+                                                   "auto_map": {"AutoTokenizer":
+                                                                [None, "evil.EvilTokenizer"]}}),
+                        ("config.json", {"model_type": "evil",
+                                         "auto_map": {"AutoConfig": "evil.EvilConfig"}})):
+        path = tiny_hf_dir / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), **extra}))
+    try:
+        load_tokenizer(tiny_hf_dir)
+    except CheckpointError as e:
+        assert str(tiny_hf_dir) in str(e)
+    assert not marker.exists(), "the directory's Python code was imported"
+
+
+
+def test_safetensors_index_cannot_point_outside_the_model(tmp_path, tiny_hf_dir):
+    outside = tmp_path / "outside.safetensors"
+    (tiny_hf_dir / "model.safetensors").rename(outside)
+    from safetensors import safe_open
+
+    with safe_open(str(outside), framework="numpy") as f:
+        keys = list(f.keys())
+    (tiny_hf_dir / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: "../outside.safetensors" for k in keys}}))
+    with pytest.raises(CheckpointError, match="weight_map shard.*plain name"):
+        load_pretrained(tiny_hf_dir)
