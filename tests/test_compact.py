@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from _training import tiny_config
 from jaxunlearn import methods
 from jaxunlearn.data.batch import Batch
-from jaxunlearn.models import Llama, LlamaConfig, compact
+from jaxunlearn.models import Llama, compact
 from jaxunlearn.models.compact import Compaction
 
 # ------------------------------------------------------------------------------ bookkeeping
@@ -98,8 +99,7 @@ def test_compaction_is_static_in_a_batch():
 
 
 def _model(**kw):
-    config = LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_layers=2,
-                         num_heads=4, num_kv_heads=2, max_position_embeddings=64, **kw)
+    config = tiny_config(61, intermediate_size=64, max_position_embeddings=64, **kw)
     return Llama(config, rngs=nnx.Rngs(0))
 
 

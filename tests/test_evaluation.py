@@ -37,8 +37,9 @@ def _strict(path):
                       parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
 
 
-def test_retain_is_its_own_reference_and_everyones(tmp_path, qa_bench, qa_tokenizer, qa_model):
-    cfg = _cfg(tmp_path, "eval.attacks=false", "eval.metrics=[tofu,mia]")
+def test_retain_is_its_own_reference_and_every_model_is_attacked(tmp_path, qa_bench,
+                                                                  qa_tokenizer, qa_model):
+    cfg = _cfg(tmp_path, "eval.attacks=true", "eval.metrics=[tofu,mia]")
     ev = Evaluation(cfg, qa_bench)
     retain = ev.add_retain(qa_model, qa_tokenizer)
     ratios = retain.tofu.distributions["forget"].truth_ratio
@@ -46,31 +47,24 @@ def test_retain_is_its_own_reference_and_everyones(tmp_path, qa_bench, qa_tokeni
     for attack, auc in retain.mia.auc.items():
         assert retain.mia.privleak[attack] == (None if auc == 1.0 else 0.0)
     assert ev.reference is retain
-    # The same weights under another name: judged against the retain model, same numbers.
-    same = ev.add("target", qa_model, qa_tokenizer)
+    # The same weights under another name, judged against the retain model: same numbers.
+    made = {"method": {"name": "npo"}, "updates": 2}
+    same = ev.add("npo", qa_model, qa_tokenizer, unlearn=made)
     assert same.tofu.forget_quality == 1.0
     assert same.mia.privleak == retain.mia.privleak
     assert same.tofu.splits == retain.tofu.splits
     with pytest.raises(ValueError, match="retain model must come first"):
         ev.add_retain(qa_model, qa_tokenizer)
     with pytest.raises(ValueError, match="taken"):
-        ev.add("target", qa_model, qa_tokenizer)
-
-
-def test_every_model_is_attacked_and_written(tmp_path, qa_bench, qa_tokenizer, qa_model):
-    cfg = _cfg(tmp_path, "eval.attacks=true", "eval.metrics=[tofu]")
-    ev = Evaluation(cfg, qa_bench)
-    ev.add_retain(qa_model, qa_tokenizer)
-    made = {"method": {"name": "npo"}, "updates": 2}
-    target = ev.add("npo", qa_model, qa_tokenizer, unlearn=made)
-    for result in ev.results.values():
+        ev.add("npo", qa_model, qa_tokenizer)
+    for result in ev.results.values():  # the retain model is attacked too: the control
         assert set(result.attacks) == {"quantize_8bit", "quantize_4bit", "relearn"}
         # Quantisation's "before" is the model's own evaluation of the same records.
         before = ForgetScores.of(result).to_json()
         for key, pair in result.attacks["quantize_8bit"].metrics.items():
             assert pair.before == before[key]
         assert result.attacks["relearn"].info["steps"] == FinetuneRecoveryConfig().steps
-    assert target.unlearn == made
+    assert same.unlearn == made
     path = ev.write(tmp_path / "out", mesh=make_mesh(1, 1), timings={"total": 1.234})
     data = _strict(tmp_path / "out" / "eval.json")
     assert set(data) == {"config", "env", "models", "timings"}
@@ -78,7 +72,8 @@ def test_every_model_is_attacked_and_written(tmp_path, qa_bench, qa_tokenizer, q
     assert list(data["models"]) == ["retain", "npo"]
     assert data["models"]["npo"]["unlearn"] == made
     assert data["models"]["npo"]["attacks"] == {
-        k: a.to_json() for k, a in target.attacks.items()}
+        k: a.to_json() for k, a in same.attacks.items()}
+    assert data["models"]["retain"]["forget_quality"] == 1.0
     assert data["config"] == json.loads(json.dumps(cfg.to_dict()))
     assert data["env"] == report.env_info(make_mesh(1, 1))
     assert path == tmp_path / "out" / "report.md" and "| npo |" in path.read_text()

@@ -189,18 +189,19 @@ def test_nll_loss_fn_equals_the_nll_of_the_models_logits():
     att[2, 8:] = 0  # a right-padded row
     mask[2, 8:] = 0.0
     batch = Batch(ids[:, :-1], ids[:, 1:], mask, att)
-    loss, aux = loop.nll_loss_fn(graphdef)(params, batch, None)
+    # Everything jitted: one compilation each instead of op-by-op dispatch.
+    loss, aux = jax.jit(loop.nll_loss_fn(graphdef))(params, batch, None)
 
-    logits = np.asarray(nnx.merge(graphdef, params)(batch.input_ids, batch.attention_mask),
-                        np.float64)
+    forward = jax.jit(lambda p, ids, att: nnx.merge(graphdef, p)(ids, att))
+    logits = np.asarray(forward(params, batch.input_ids, batch.attention_mask), np.float64)
     z = logits - logits.max(-1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
     tok = np.take_along_axis(logp, batch.labels[..., None], -1)[..., 0]
     assert float(loss) == pytest.approx(-(tok * mask).sum() / mask.sum(), rel=1e-6)
     assert float(aux["tokens"]) == mask.sum()
 
-    grad = jax.grad(lambda p: loop.nll_loss_fn(graphdef)(p, batch, None)[0])(params)
-    ref = jax.grad(lambda p: _nll(nnx.merge(graphdef, p)(batch.input_ids, batch.attention_mask),
-                                  batch.labels, batch.loss_mask))(params)
+    grad = jax.jit(jax.grad(lambda p: loop.nll_loss_fn(graphdef)(p, batch, None)[0]))(params)
+    ref = jax.jit(jax.grad(lambda p: _nll(forward(p, batch.input_ids, batch.attention_mask),
+                                          batch.labels, batch.loss_mask)))(params)
     for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)

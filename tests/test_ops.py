@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.test_util import check_grads
 
+from _training import tiny_config
 from jaxunlearn import losses, ops
 from jaxunlearn.secondorder import hvp
 
@@ -187,10 +188,9 @@ def test_bad_inputs_name_the_field():
 def _tiny_model(**overrides):
     from flax import nnx
 
-    from jaxunlearn.models import Llama, LlamaConfig
+    from jaxunlearn.models import Llama
 
-    config = LlamaConfig(vocab_size=41, hidden_size=16, intermediate_size=24, num_layers=2,
-                         num_heads=4, num_kv_heads=2, **overrides)
+    config = tiny_config(41, hidden_size=16, intermediate_size=24, **overrides)
     return Llama(config, rngs=nnx.Rngs(0))
 
 

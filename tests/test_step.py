@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxunlearn.models import Llama, LlamaConfig
+from _training import tiny_config
+from jaxunlearn.models import Llama
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train.step import (OptimizerConfig, init_train_state, make_optimizer,
                                    make_train_step, state_shardings)
 
-CONFIG = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
-                     num_heads=4, num_kv_heads=2)
+CONFIG = tiny_config(64)
 
 
 def _nll(logits, labels, mask):

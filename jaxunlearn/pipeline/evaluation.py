@@ -63,8 +63,8 @@ class Evaluation:
         start = time.perf_counter()
         own = suite.own_reference(suite.evaluate_data(model, tokenizer, self.data,
                                                       self.options))
-        self._reference = own
-        return self._finish("retain", model, tokenizer, own, None, start)
+        self._reference = self._finish("retain", model, tokenizer, own, None, start)
+        return self._reference
 
     def add(self, name: str, model, tokenizer, *,
             unlearn: Mapping[str, Any] | None = None) -> ModelResult:

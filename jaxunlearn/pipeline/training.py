@@ -100,8 +100,6 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     ``(mesh.data, mesh.fsdp)``; checkpoints go to ``<output_dir>/checkpoints/...``
     (removed once the model is saved); ``resume=True`` continues an interrupted run.
     """
-
-
     if which not in ("target", "retain"):
         raise UserError(f"which must be 'target' or 'retain', got {which!r}")
     bench_dir = ensure_benchmark(cfg)
