@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_XLA_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,8 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8", TQDM_DISABLE="1")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}",
+               TQDM_DISABLE="1")
     return subprocess.run([sys.executable, "-m", "jaxunlearn.cli", *map(str, args)], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
