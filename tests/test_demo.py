@@ -15,6 +15,7 @@ def _cfg(tmp_path):
     return load_config(None, [
         f"output_dir={tmp_path / 'run'}", f"data.benchmark={tmp_path / 'bench'}",
         "data.people=10", "data.qa_per_person=2", "data.num_world_facts=4", "data.max_len=96",
+        "data.truncate=true",
         "model=tiny", "train.steps=2", "train.batch_size=8", "eval.metrics=[tofu]",
         "eval.attacks=false", "eval.max_records=4", "eval.max_new_tokens=4",
         "eval.batch_size=16"], base=demo.DEFAULTS)
