@@ -22,6 +22,7 @@ import yaml
 
 from jaxunlearn.errors import UserError
 
+from jaxunlearn.models.llama import REMAT_POLICIES
 from jaxunlearn.train.mesh import MeshConfig
 from jaxunlearn.train.step import OptimizerConfig
 from jaxunlearn.validate import ValidationError, path_component
@@ -57,7 +58,17 @@ class ModelSpec:
     path: str | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False
+    scan_layers: bool = True  # one scanned, stacked block (LlamaConfig.scan_layers)
+    # LlamaConfig.remat: none | full | dots_saveable | dots_with_no_batch_dims_saveable;
+    # the former booleans still read: true is full, false none.
+    remat: str | bool = "none"
+
+    def __post_init__(self):
+        if isinstance(self.remat, bool):
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"model.remat must be one of {', '.join(REMAT_POLICIES)}, "
+                              f"got {self.remat!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -125,9 +125,11 @@ def _plan(b: Batch, groups: int) -> Compaction:
                             compact.group_counts(b.loss_mask, groups), multiple=1)
 
 
-@pytest.mark.parametrize("left,groups,remat", [(False, 1, False), (True, 2, True)])
-def test_padding_free_trunk_equals_the_padded_one_at_real_tokens(left, groups, remat):
-    model = _model(remat=remat)
+@pytest.mark.parametrize("left,groups,remat,scan", [(False, 1, "none", True),
+                                                   (True, 2, "full", True),
+                                                   (True, 2, "none", False)])
+def test_padding_free_trunk_equals_the_padded_one_at_real_tokens(left, groups, remat, scan):
+    model = _model(remat=remat, scan_layers=scan)
     b = _batch(left)
     real = np.asarray(b.attention_mask, bool)[..., None]
     trunk = nnx.jit(lambda m, plan: m.trunk(b.input_ids, b.attention_mask, hidden_layer=0,

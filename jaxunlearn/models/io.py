@@ -1,7 +1,10 @@
 """Weights in and out: Hugging Face safetensors directories and GGUF files.
 
 The mapping between our parameter tree and Hugging Face tensor names lives here, in
-one table (``_hf_to_ours`` / ``_ours_to_hf``), so loading and saving cannot drift.
+one table (``_name_table`` and ``_layer_rules``: each name's path and both conversions),
+so loading and saving cannot drift. Scanned layers (``LlamaConfig.scan_layers``) are
+stacked on load (``model.layers.{i}.<name>`` -> row ``i`` of one ``[L, ...]`` array) and
+unstacked on save; the files are the same for both layouts.
 Only safetensors and GGUF are read: never pickle, never ``trust_remote_code``.
 """
 
@@ -60,16 +63,22 @@ def _layer_rules(config: LlamaConfig) -> list[tuple[str, tuple, Callable, Callab
 
 
 def _name_table(config: LlamaConfig) -> list[tuple[str, tuple, Callable, Callable]]:
-    """Every HF tensor name with our parameter path and the two conversions."""
+    """The HF tensors outside the decoder layers with our parameter path and the two
+    conversions (the layers: ``_layer_rules``)."""
     ident = lambda a: a  # noqa: E731
     table = [("model.embed_tokens.weight", ("embed",), ident, ident),
              ("model.norm.weight", ("final_norm", "scale"), ident, ident)]
     if not config.tie_word_embeddings:
         table.append(("lm_head.weight", ("lm_head",), lambda w: w.T, lambda p: p.T))
-    for i in range(config.num_layers):
-        for suffix, sub, to_ours, to_hf in _layer_rules(config):
-            table.append((f"model.layers.{i}.{suffix}", ("layers", i) + sub, to_ours, to_hf))
     return table
+
+
+def hf_names(config: LlamaConfig) -> list[str]:
+    """Every HF tensor name a checkpoint of ``config`` holds, in a fixed order."""
+    names = [t[0] for t in _name_table(config)]
+    for i in range(config.num_layers):
+        names += [f"model.layers.{i}.{suffix}" for suffix, *_ in _layer_rules(config)]
+    return names
 
 
 def _set_path(tree: dict, path: tuple, value) -> None:
@@ -89,6 +98,9 @@ def model_from_hf_tensors(config: LlamaConfig, get_tensor: Callable[[str], Any],
                           shardings: Any = None) -> Llama:
     """Builds a ``Llama`` from HF-named tensors without random initialisation.
 
+    With ``config.scan_layers`` the layers' tensors are stacked into ``[L, ...]`` arrays
+    (one host array per parameter, filled layer by layer).
+
     Args:
       get_tensor: returns the HF tensor (array-like, HF layout) for a name.
       names: the tensor names available (checked up front against the config).
@@ -96,9 +108,7 @@ def model_from_hf_tensors(config: LlamaConfig, get_tensor: Callable[[str], Any],
       shardings: optional pytree of ``NamedSharding`` matching ``nnx.state(model)``;
         each tensor is placed straight onto its devices.
     """
-    table = _name_table(config)
-    expected = {t[0] for t in table}
-    missing = sorted(expected - names)
+    missing = sorted(set(hf_names(config)) - names)
     if missing:
         raise CheckpointError(f"{source}: checkpoint lacks {len(missing)} tensor(s) the config "
                               f"needs, first {missing[0]!r}")
@@ -107,26 +117,57 @@ def model_from_hf_tensors(config: LlamaConfig, get_tensor: Callable[[str], Any],
     pure: dict = {}
     shapes = nnx.to_pure_dict(state)
     flat_shardings = nnx.to_pure_dict(shardings) if shardings is not None else None
-    for hf_name, path, to_ours, _ in table:
+    dtype = np.dtype(config.weight_dtype)
+
+    def read(hf_name, to_ours, want_shape) -> np.ndarray:
         value = np.asarray(to_ours(np.asarray(get_tensor(hf_name))))
-        want = _get_path(shapes, path)
-        if tuple(value.shape) != tuple(want.shape):
+        if tuple(value.shape) != tuple(want_shape):
             raise CheckpointError(f"{source}: tensor {hf_name!r} has shape {tuple(value.shape)}, "
-                                  f"the config needs {tuple(want.shape)}")
+                                  f"the config needs {tuple(want_shape)}")
+        return value
+
+    def place(path, value: np.ndarray) -> None:
         arr = jnp.asarray(value, dtype=config.weight_dtype)
         if flat_shardings is not None:
             arr = jax.device_put(arr, _get_path(flat_shardings, path))
         _set_path(pure, path, arr)
+
+    for hf_name, path, to_ours, _ in _name_table(config):
+        place(path, read(hf_name, to_ours, _get_path(shapes, path).shape))
+    for suffix, sub, to_ours, _ in _layer_rules(config):
+        if config.scan_layers:
+            path = ("layers",) + sub
+            want = _get_path(shapes, path).shape
+            stacked = np.empty(want, dtype)
+            for i in range(config.num_layers):
+                stacked[i] = read(f"model.layers.{i}.{suffix}", to_ours, want[1:])
+            place(path, stacked)
+        else:
+            for i in range(config.num_layers):
+                path = ("layers", i) + sub
+                place(path, read(f"model.layers.{i}.{suffix}", to_ours,
+                                 _get_path(shapes, path).shape))
     nnx.replace_by_pure_dict(state, pure)
     return nnx.merge(graphdef, state)
 
 
 def hf_tensors_from_model(model: Llama) -> dict[str, np.ndarray]:
-    """HF-named numpy tensors (HF layout) of a model."""
+    """HF-named numpy tensors (HF layout) of a model; scanned layers are unstacked."""
+    config = model.config
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    def host(path) -> np.ndarray:
+        return np.asarray(jax.device_get(_get_path(pure, path)))
+
     out = {}
-    for hf_name, path, _, to_hf in _name_table(model.config):
-        out[hf_name] = np.ascontiguousarray(to_hf(np.asarray(jax.device_get(_get_path(pure, path)))))
+    for hf_name, path, _, to_hf in _name_table(config):
+        out[hf_name] = np.ascontiguousarray(to_hf(host(path)))
+    rules = _layer_rules(config)
+    stacked = {sub: host(("layers",) + sub) for _, sub, _, _ in rules} if config.scan_layers else {}
+    for i in range(config.num_layers):
+        for suffix, sub, _, to_hf in rules:
+            layer = stacked[sub][i] if config.scan_layers else host(("layers", i) + sub)
+            out[f"model.layers.{i}.{suffix}"] = np.ascontiguousarray(to_hf(layer))
     return out
 
 
@@ -199,15 +240,19 @@ def _config_from_hf(hf: dict, overrides: dict, source: Path) -> LlamaConfig:
 
 
 def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
-                    param_dtype: str | None = None, shardings: Any = None
+                    param_dtype: str | None = None, scan_layers: bool | None = None,
+                    remat: str | None = None, shardings: Any = None
                     ) -> tuple[Llama, LlamaConfig]:
     """Loads ``(model, config)`` from an HF directory (config.json + safetensors) or a ``.gguf``.
 
     ``path`` may also name a bundled model (``smollm2-135m``). ``dtype``/``param_dtype``
-    override the compute and storage dtypes.
+    override the compute and storage dtypes, ``scan_layers``/``remat`` the layer layout
+    and rematerialisation (``LlamaConfig``; None keeps its defaults).
     """
     path = resolve_model_path(path)
-    overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v}
+    overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype),
+                                   ("scan_layers", scan_layers), ("remat", remat))
+                 if v is not None}
     if not path.exists():
         raise CheckpointError(f"{path}: model path does not exist")
     if path.suffix == ".gguf":

@@ -380,28 +380,24 @@ def ensure_tokenizer(cfg, benchmark: Path):
 def build_model(cfg, tokenizer):
     """``(model, config)``: ``cfg.model.path`` loaded, or ``cfg.model.preset`` initialised
     from ``cfg.seed`` with the vocabulary and special tokens of ``tokenizer``."""
-    from flax import nnx
-
-    from jaxunlearn.models import Llama, load_pretrained
+    from jaxunlearn.models import load_pretrained
     from jaxunlearn.models.presets import get_preset
     from jaxunlearn.validate import check_vocab
 
     spec = cfg.model
     if spec.path:
         path = model_path(cfg)
-        model, config = load_pretrained(path, dtype=spec.dtype, param_dtype=spec.param_dtype)
+        model, config = load_pretrained(path, dtype=spec.dtype, param_dtype=spec.param_dtype,
+                                        scan_layers=spec.scan_layers, remat=spec.remat)
         # Token ids past the embedding would be clamped or NaN silently in a gather.
         check_vocab(tokenizer, config, where=str(path))
-        if spec.remat != config.remat:
-            config = config.replace(remat=spec.remat)
-            abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
-            model = nnx.merge(nnx.graphdef(abstract), nnx.state(model))
         return model, config
     if not spec.preset:
         raise UserError("model: give model.preset or model.path")
     try:
         config = get_preset(spec.preset, vocab_size=len(tokenizer), dtype=spec.dtype,
-                            param_dtype=spec.param_dtype, remat=spec.remat,
+                            param_dtype=spec.param_dtype, scan_layers=spec.scan_layers,
+                            remat=spec.remat,
                             bos_token_id=tokenizer.bos_token_id,
                             eos_token_id=tokenizer.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id)
@@ -703,7 +699,7 @@ def provenance(cfg, mesh=None) -> dict:
     from jaxunlearn.report import env_info
 
     if mesh is None:
-        mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+        mesh = mesh_lib.from_config(cfg.mesh)
     return {"config": cfg.to_dict(), "env": env_info(mesh)}
 
 
@@ -777,7 +773,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
                                                   for it in items])
     total = t.steps if t.steps is not None else t.epochs * source.steps_per_epoch
 
-    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    mesh = mesh_lib.from_config(cfg.mesh)
     mesh_lib.check_batch_divides(t.batch_size, mesh, "train.batch_size")
     graphdef, params = nnx.split(model, nnx.Param)
     params = jax.device_put(params, mesh_lib.param_shardings(params, mesh))
