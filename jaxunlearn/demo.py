@@ -124,7 +124,7 @@ def run_demo(cfg: RunConfig, methods_subset: Sequence[str] | None = None) -> int
     names = list(methods_subset) if methods_subset else [
         n for n in DEMO_METHODS if n in methods.method_names()]
     plan = method_plan(cfg, names)
-    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    mesh = mesh_lib.from_config(cfg.mesh)
     for _, train in plan:
         mesh_lib.check_batch_divides(train.batch_size, mesh, "train.batch_size")
     out = Path(cfg.output_dir)

@@ -381,7 +381,7 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
     plans, retain_plan = {}, None
     if train_cfg.padding_free:
         plans, retain_plan = run_compactions(data, sched, epochs, micro_rows=train_cfg.batch_size,
-                                             groups=1 if mesh is None else mesh.size)
+                                             groups=1 if mesh is None else mesh_lib.batch_shards(mesh))
 
     def epoch_batches(epoch: int):
         for f_idx, r_idx in zip(sched.forget_rows(epoch), sched.retain_rows(epoch)):
@@ -454,7 +454,7 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     forget = tofu.load_split(bench, cfg.data.forget)
     retain = tofu.load_split(bench, cfg.data.retain_split)
     tofu.check_disjoint(forget, retain, names=(cfg.data.forget, cfg.data.retain_split))
-    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    mesh = mesh_lib.from_config(cfg.mesh)
     mesh_lib.check_batch_divides(cfg.train.batch_size, mesh, "train.batch_size")
     path = _target_path(cfg)
     tokenizer = load_tokenizer(cfg.data.tokenizer or path)

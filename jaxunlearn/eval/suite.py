@@ -754,9 +754,9 @@ def main_eval(cfg, model_args: Sequence[str], retain_model_path) -> int:
               f"model_utility={mu:.3f} ({result['info']['seconds']} s)")
         del model
     out_dir = Path(cfg.output_dir)
-    from jaxunlearn.train.mesh import make_mesh
+    from jaxunlearn.train.mesh import from_config
 
-    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    mesh = from_config(cfg.mesh)
     evaluation = {"config": cfg.to_dict(), "env": report.env_info(mesh), "models": results}
     path = report.write_json(evaluation, out_dir / "eval.json")
     report.write_report(evaluation, out_dir)

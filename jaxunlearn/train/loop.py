@@ -153,7 +153,7 @@ def batch_placer(mesh=None, grad_accum: int = 1) -> Callable[[Any], Any]:
         if mesh is None:
             return jax.device_put(batch)
         if grad_accum > 1:
-            spec = jax.sharding.PartitionSpec(None, mesh_lib.MESH_AXES)
+            spec = jax.sharding.PartitionSpec(None, mesh_lib.BATCH_AXES)
             return jax.device_put(batch, jax.sharding.NamedSharding(mesh, spec))
         return mesh_lib.shard_batch(batch, mesh)
 

@@ -180,7 +180,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     if mesh is not None:
         bs = mesh_lib.batch_sharding(mesh)
         if grad_accum > 1:
-            bs = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, mesh_lib.MESH_AXES))
+            bs = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, mesh_lib.BATCH_AXES))
         kwargs = dict(in_shardings=(state_sharding, bs),
                       out_shardings=(state_sharding, mesh_lib.replicated(mesh)))
     return jax.jit(step, donate_argnums=(0,) if donate else (), **kwargs)
