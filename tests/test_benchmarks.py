@@ -24,8 +24,8 @@ CASES = {
     "hvp_vs_grad": (TOY + ["--steps", "1", "--warmup", "0"], r"^ratio hvp/grad \d+\.\d+$"),
     "train_nll": (TOY + ["--steps", "1", "--warmup", "0"], r"^ratio fused/logits \d+\.\d+$"),
     # Reduced mode: two small depths, the scanned layout only.
-    "compile_time": (["--depths", "1,2", "--layouts", "scanned", "--hidden", "32", "--ffn", "64",
-                      "--vocab", "97", "--seq", "16", "--batch", "2"],
+    "compile_time": (["--depths", "1,2", "--layouts", "scanned", "--warmup", "0", "--hidden",
+                      "32", "--ffn", "64", "--vocab", "97", "--seq", "16", "--batch", "2"],
                      r"^ratio compile 2/1 layers \d+\.\d+$"),
     "memory": (["--preset", "tiny", "--devices", "1", "--remat", "full,none", "--batch", "2",
                 "--seq", "16", "--chunk-size", "16"], r"^peak GiB/device tiny@1 \d+\.\d+$"),
