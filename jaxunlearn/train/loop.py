@@ -33,10 +33,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Seque
 import jax
 import numpy as np
 
+from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.errors import UserError
 from jaxunlearn.models.io import CheckpointError
 from jaxunlearn.train import checkpoint as ckpt
 from jaxunlearn.train import mesh as mesh_lib
+from jaxunlearn.train.nll import nll_objective
 from jaxunlearn.train.step import TrainState
 
 StepFn = Callable[[TrainState, Any], tuple[TrainState, Mapping[str, jax.Array]]]
@@ -427,7 +429,6 @@ def _init_model(config, seed: int):
 
 def encode_documents(tokenizer, items, *, max_len: int, truncate: bool):
     """``TrainItem`` s -> ``Encoded``: QA counts answer + eos, text counts every token."""
-    from jaxunlearn.data import batch as batch_lib
 
     encoded = [batch_lib.encode_qa(tokenizer, it.prompt, it.text) if it.kind == "qa"
                else batch_lib.encode_text(tokenizer, it.text) for it in items]
@@ -498,24 +499,6 @@ def grouped_source(encoded, rows: int, *, seed: int, pad_id: int, lengths: Seque
             yield collate([seqs[i] for i in idx], length, pad_id)
 
     return BatchSource(steps_per_epoch=sum(per_group), epoch_batches=epoch_batches)
-
-
-def nll_loss_fn(graphdef):
-    """``(params, batch, key) -> (token NLL, {"tokens"})`` for a :class:`Batch`: answer-only
-    NLL on QA items, all tokens on documents (the mask says which).
-
-    The label log-probs come from the fused LM head (``methods.forward``): no ``[B, T, V]``
-    logits or log-softmax in memory, forward or backward (``benchmarks/train_nll.py``:
-    0.73 of the time through logits on the demo model); equal to ``losses.token_nll`` of
-    the logits, to rounding.
-    """
-    from jaxunlearn.methods import forward
-
-    def loss_fn(params, batch, key):
-        del key  # no dropout
-        return forward(graphdef, params, batch).token_nll(), {"tokens": batch.loss_mask.sum()}
-
-    return loss_fn
 
 
 def model_fingerprint(cfg, which: str, benchmark: Path, tokenizer) -> str:
@@ -768,7 +751,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
                                truncate=cfg.data.truncate)
     # RoPE would extrapolate past the model's positions without a word.
     check_context([e.length for e in encoded], config, what=f"{which} training sequences")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = batch_lib.pad_id(tokenizer)
     source = grouped_source(encoded, rows, seed=cfg.seed, pad_id=pad,
                             lengths=choose_lengths([e.length for e in encoded],
                                                    epochs=t.epochs if t.steps is None
@@ -783,7 +766,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     params = jax.device_put(params, mesh_lib.param_shardings(params, mesh))
     optimizer = step_lib.make_optimizer(t.optimizer, total)
     state = step_lib.init_train_state(params, optimizer, jax.random.key(cfg.seed), mesh)
-    step_fn = step_lib.make_train_step(nll_loss_fn(graphdef), optimizer, mesh=mesh,
+    step_fn = step_lib.make_train_step(nll_objective(graphdef), optimizer, mesh=mesh,
                                        state_sharding=step_lib.state_shardings(state),
                                        grad_accum=t.grad_accum)
     if not resume and ckpt_dir.exists():
