@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.models.llama import KVCache, Llama
 
 
@@ -99,7 +100,7 @@ def generate_texts(model: Llama, tokenizer, prompts_ids: Sequence[Sequence[int]]
     same shape (one compilation), and the extra rows are dropped.
     """
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = batch_lib.pad_id(tokenizer)
     texts: list[str] = []
     for start in range(0, len(prompts_ids), batch_size):
         chunk = list(prompts_ids[start:start + batch_size])
