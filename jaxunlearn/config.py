@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -20,19 +21,57 @@ from typing import Any, Sequence
 
 import yaml
 
+from jaxunlearn import resources
 from jaxunlearn.errors import UserError
-
 from jaxunlearn.train.mesh import MeshConfig
 from jaxunlearn.train.step import OptimizerConfig
 from jaxunlearn.validate import ValidationError, path_component
 
 
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``3e-3`` as a float.
+class ConfigError(UserError):
+    """A configuration problem the user can fix; the message names the key and file."""
 
-    PyYAML follows YAML 1.1, whose floats need a dot (``3.0e-3``); ``3e-3`` stayed a
-    string and failed as "expected a number". YAML 1.2 and every user read it as 0.003.
+
+# Integers anywhere in a config: int32, what every array shape and jitted scalar takes.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+# A YAML document may expand (through aliases) to at most this many values: a 413-byte
+# "billion laughs" document otherwise expands to gigabytes when the config is copied.
+MAX_VALUES = 100_000
+# Host memory of one batch, at the least: rows x tokens x 4 arrays (ids, labels, mask,
+# attention mask) of 4 bytes; a row holds at least 8 tokens (data.max_len >= 8).
+MIN_TOKENS_PER_ROW, HOST_BYTES_PER_TOKEN = 8, 16
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, mark):
+        super().__init__(f"line {mark.line + 1}: duplicate key {key!r} (a later value would "
+                         "silently replace the earlier one)")
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and reads ``3e-3`` as a float.
+
+    PyYAML keeps the last of two equal keys without a word (``steps: 1`` then
+    ``steps: 500`` ran 500 updates); here they are an error naming the key and line
+    (``<<:`` merges may still be overridden by explicit keys). PyYAML follows YAML 1.1,
+    whose floats need a dot (``3.0e-3``); ``3e-3`` stayed a string and failed as
+    "expected a number". YAML 1.2 and every user read it as 0.003.
     """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, key_node.start_mark)
+                    seen.add(key)
+                except TypeError:  # unhashable: the base class says so
+                    pass
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -41,12 +80,71 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"))
 
 
-def _yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+def _expanded_size(value: Any, memo: dict[int, int], active: set[int], where: str) -> int:
+    """Values in ``value`` with every YAML alias expanded (shared nodes counted per use)."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    key = id(value)
+    if key in active:
+        raise ConfigError(f"{where}: a YAML alias refers to itself (recursive structure)")
+    if key not in memo:
+        active.add(key)
+        items = value.values() if isinstance(value, dict) else value
+        memo[key] = 1 + sum(_expanded_size(v, memo, active, where) for v in items)
+        active.discard(key)
+    return memo[key]
 
 
-class ConfigError(UserError):
-    """A configuration problem the user can fix; the message names the key and file."""
+def _check_expansion(value: Any, where: str) -> None:
+    """Refuses documents that expand to more than ``MAX_VALUES`` values, naming the key."""
+    memo: dict[int, int] = {}
+    total = _expanded_size(value, memo, set(), where)
+    if total <= MAX_VALUES:
+        return
+    path, node = [], value
+    while isinstance(node, dict):
+        big = [(k, v) for k, v in node.items() if _expanded_size(v, memo, set(), where) > MAX_VALUES]
+        if not big:
+            break
+        path.append(str(big[0][0]))
+        node = big[0][1]
+    at = f"'{'.'.join(path)}' " if path else ""
+    raise ConfigError(f"{where}: {at}expands to {memo.get(id(node), total)} values through "
+                      f"YAML aliases (at most {MAX_VALUES})")
+
+
+def _yaml(text: str, where: str = "config"):
+    """Parses YAML ``text`` strictly: duplicate keys, recursive or exploding aliases are a
+    ``ConfigError`` naming ``where``; other syntax errors raise ``yaml.YAMLError``."""
+    try:
+        value = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+    _check_expansion(value, where)
+    return value
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """The parsed YAML file ``path``, or a ``ConfigError`` naming it: missing, a directory,
+    not UTF-8, malformed, duplicate keys, exploding aliases."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file does not exist")
+    if not p.is_file():
+        raise ConfigError(f"{p}: is a directory, not a YAML file" if p.is_dir()
+                          else f"{p}: not a regular file")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (bad byte at offset {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
+    try:
+        return _yaml(text, str(p))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: malformed YAML ({str(e).splitlines()[0]})") from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,6 +183,8 @@ class DataConfig:
         for name in ("qa_per_person", "num_world_facts", "canaries_per_repetition"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.generate_seed < 0:
+            raise ConfigError(f"data.generate_seed must be >= 0, got {self.generate_seed}")
         for field in ("forget", "retain"):
             # Split names become file names (<benchmark>/<split>.json): one plain component.
             if getattr(self, field) is not None:
@@ -128,6 +228,10 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.grad_accum < 1:
             raise ConfigError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
+        for name in ("log_every", "checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0 (0: off), got "
+                                  f"{getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -164,6 +268,32 @@ class RunConfig:
     output_dir: str = "runs/default"
     seed: int = 0
     distributed: bool = False
+
+    def __post_init__(self):
+        if not 0 <= self.seed <= INT_MAX:
+            raise ConfigError(f"seed must be an integer from 0 to {INT_MAX}, got {self.seed}")
+        self._check_batch_memory()
+
+    def _check_batch_memory(self) -> None:
+        """One batch's token arrays must fit in host memory, refused before any work.
+
+        A lower bound (``MIN_TOKENS_PER_ROW`` tokens a row, ``HOST_BYTES_PER_TOKEN``):
+        the model's activations come on top (``train.budget`` checks them once the model
+        is known).
+        """
+        t, e = self.train, self.eval
+        train_tokens = t.batch_size * t.grad_accum * MIN_TOKENS_PER_ROW
+        eval_tokens = e.batch_size * (MIN_TOKENS_PER_ROW + e.max_new_tokens)
+        if train_tokens >= eval_tokens:
+            subject = f"train.batch_size={t.batch_size}" + (
+                f" x train.grad_accum={t.grad_accum}" if t.grad_accum > 1 else "")
+        else:
+            subject = f"eval.batch_size={e.batch_size} x eval.max_new_tokens={e.max_new_tokens}"
+        resources.check_fits(
+            max(train_tokens, eval_tokens) * HOST_BYTES_PER_TOKEN, resources.physical_memory(),
+            subject=subject, where="this machine's memory",
+            estimate=f"memory for one batch's token arrays alone (at least "
+                     f"{MIN_TOKENS_PER_ROW} tokens a row, {HOST_BYTES_PER_TOKEN} bytes a token)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -217,10 +347,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if not INT_MIN <= value <= INT_MAX:
+            raise ConfigError(f"{where}: {value} is out of range ({INT_MIN} to {INT_MAX})")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -267,17 +401,14 @@ def apply_override(tree: dict, dotted: str, value: Any) -> None:
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 *, base: dict | None = None) -> RunConfig:
     """Reads ``path`` (YAML, optional), applies ``key=value`` overrides, validates."""
+    if base:
+        _check_expansion(base, "config")
     tree: dict = json.loads(json.dumps(base)) if base else {}
     where = "config"
     if path is not None:
         p = Path(path)
         where = str(p)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file does not exist")
-        try:
-            loaded = _yaml(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: malformed YAML ({str(e).splitlines()[0]})") from None
+        loaded = read_yaml_file(p) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
         _merge(tree, loaded)
@@ -286,7 +417,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
             raise ConfigError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
         try:
-            value = _yaml(raw) if raw != "" else ""
+            value = _yaml(raw, f"override {key.strip()}") if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         apply_override(tree, key.strip(), value)
