@@ -735,6 +735,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
             write_json_atomic(out / QUALITY_FILE, {"which": which, **q, **provenance(cfg)})
         return out
 
+    storage.check_dir_target(out, "output_dir")  # safety: refuse a foreign dir before training
     model, config = build_model(cfg, tokenizer)
     t = cfg.train
     rows = t.batch_size * t.grad_accum
