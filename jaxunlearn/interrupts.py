@@ -9,8 +9,9 @@ steps, evaluation batches, models, and before committing an output), so an inter
 command leaves its outputs complete or absent, and the CLI exits with code 130.
 
 A second signal while the first is pending means "stop now": one line on stderr and
-``os._exit(130)`` (outputs are staged under hidden temporary names, so nothing
-half-written is visible; the temporaries are cleaned by the next run).
+``os._exit(130)``. Outputs are staged under hidden temporary names (``.<name>.tmp-*``)
+and renamed into place whole, so even then nothing half-written is visible; at most
+such a hidden temporary remains.
 
 :func:`deferred` nests: the outermost context installs the handlers (main thread
 only) and restores the previous ones on exit; inner ones share its flag.

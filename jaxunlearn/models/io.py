@@ -183,8 +183,9 @@ def _check_safetensors_file(f: Path) -> None:
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(
                 isinstance(o, int) and not isinstance(o, bool) for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= data):
-            raise CheckpointError(f"{f}: tensor {name!r}: data_offsets {offsets!r} lie outside "
-                                  f"the {data}-byte data section (truncated or corrupted)")
+            raise CheckpointError(f"{f}: not a readable safetensors file (tensor {name!r}: "
+                                  f"data_offsets {offsets!r} lie outside the {data}-byte data "
+                                  "section; truncated or corrupted)")
         want = math.prod(shape) * _SAFETENSORS_FLOATS[dtype]
         if offsets[1] - offsets[0] != want:
             raise CheckpointError(f"{f}: tensor {name!r} is {dtype}{shape} ({want} bytes) but "
