@@ -3,8 +3,10 @@
 ``jaxunlearn <command> --config run.yaml method=npo method.beta=0.2 train.epochs=3``:
 the YAML is read into a nested dict, each ``key=value`` override is parsed as YAML and
 set at its dotted path (``method=npo`` is short for ``method.name=npo``), and the dict
-is turned into ``RunConfig``. Unknown keys and wrong types fail before any work starts,
-naming the key and the file.
+is turned into ``RunConfig``. Unknown keys, wrong types, duplicate YAML keys
+(``strict_yaml``), integers outside int32, non-finite floats and batches whose token
+arrays alone exceed this machine's memory fail before any work starts, naming the key
+and the file.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import types
 import typing
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from jaxunlearn import resources
+from jaxunlearn import resources, strict_yaml
 from jaxunlearn.errors import UserError
 from jaxunlearn.train.mesh import MeshConfig
 from jaxunlearn.train.step import OptimizerConfig
@@ -34,117 +35,18 @@ class ConfigError(UserError):
 
 # Integers anywhere in a config: int32, what every array shape and jitted scalar takes.
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
-# A YAML document may expand (through aliases) to at most this many values: a 413-byte
-# "billion laughs" document otherwise expands to gigabytes when the config is copied.
-MAX_VALUES = 100_000
 # Host memory of one batch, at the least: rows x tokens x 4 arrays (ids, labels, mask,
 # attention mask) of 4 bytes; a row holds at least 8 tokens (data.max_len >= 8).
 MIN_TOKENS_PER_ROW, HOST_BYTES_PER_TOKEN = 8, 16
 
 
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key, mark):
-        super().__init__(f"line {mark.line + 1}: duplicate key {key!r} (a later value would "
-                         "silently replace the earlier one)")
-
-
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate keys and reads ``3e-3`` as a float.
-
-    PyYAML keeps the last of two equal keys without a word (``steps: 1`` then
-    ``steps: 500`` ran 500 updates); here they are an error naming the key and line
-    (``<<:`` merges may still be overridden by explicit keys). PyYAML follows YAML 1.1,
-    whose floats need a dot (``3.0e-3``); ``3e-3`` stayed a string and failed as
-    "expected a number". YAML 1.2 and every user read it as 0.003.
-    """
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    if key in seen:
-                        raise _DuplicateKey(key, key_node.start_mark)
-                    seen.add(key)
-                except TypeError:  # unhashable: the base class says so
-                    pass
-        return super().construct_mapping(node, deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def _expanded_size(value: Any, memo: dict[int, int], active: set[int], where: str) -> int:
-    """Values in ``value`` with every YAML alias expanded (shared nodes counted per use)."""
-    if not isinstance(value, (dict, list)):
-        return 1
-    key = id(value)
-    if key in active:
-        raise ConfigError(f"{where}: a YAML alias refers to itself (recursive structure)")
-    if key not in memo:
-        active.add(key)
-        items = value.values() if isinstance(value, dict) else value
-        memo[key] = 1 + sum(_expanded_size(v, memo, active, where) for v in items)
-        active.discard(key)
-    return memo[key]
-
-
-def _check_expansion(value: Any, where: str) -> None:
-    """Refuses documents that expand to more than ``MAX_VALUES`` values, naming the key."""
-    memo: dict[int, int] = {}
-    total = _expanded_size(value, memo, set(), where)
-    if total <= MAX_VALUES:
-        return
-    path, node = [], value
-    while isinstance(node, dict):
-        big = [(k, v) for k, v in node.items() if _expanded_size(v, memo, set(), where) > MAX_VALUES]
-        if not big:
-            break
-        path.append(str(big[0][0]))
-        node = big[0][1]
-    at = f"'{'.'.join(path)}' " if path else ""
-    raise ConfigError(f"{where}: {at}expands to {memo.get(id(node), total)} values through "
-                      f"YAML aliases (at most {MAX_VALUES})")
-
-
 def _yaml(text: str, where: str = "config"):
-    """Parses YAML ``text`` strictly: duplicate keys, recursive or exploding aliases are a
-    ``ConfigError`` naming ``where``; other syntax errors raise ``yaml.YAMLError``."""
+    """``strict_yaml.load`` with its refusals as a ``ConfigError``; a syntax error stays a
+    ``yaml.YAMLError`` (an override value that is not YAML is taken as a string)."""
     try:
-        value = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-    except _DuplicateKey as e:
-        raise ConfigError(f"{where}: {e}") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: nested too deeply") from None
-    _check_expansion(value, where)
-    return value
-
-
-def read_yaml_file(path: str | Path) -> Any:
-    """The parsed YAML file ``path``, or a ``ConfigError`` naming it: missing, a directory,
-    not UTF-8, malformed, duplicate keys, exploding aliases."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: config file does not exist")
-    if not p.is_file():
-        raise ConfigError(f"{p}: is a directory, not a YAML file" if p.is_dir()
-                          else f"{p}: not a regular file")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text (bad byte at offset {e.start})") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
-    try:
-        return _yaml(text, str(p))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: malformed YAML ({str(e).splitlines()[0]})") from None
+        return strict_yaml.load(text, where)
+    except strict_yaml.YAMLInputError as e:
+        raise ConfigError(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -401,14 +303,18 @@ def apply_override(tree: dict, dotted: str, value: Any) -> None:
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 *, base: dict | None = None) -> RunConfig:
     """Reads ``path`` (YAML, optional), applies ``key=value`` overrides, validates."""
-    if base:
-        _check_expansion(base, "config")
+    try:
+        if base:
+            strict_yaml.check_expansion(base, "config")
+        loaded = strict_yaml.read_file(path) if path is not None else None
+    except strict_yaml.YAMLInputError as e:
+        raise ConfigError(str(e)) from None
     tree: dict = json.loads(json.dumps(base)) if base else {}
     where = "config"
     if path is not None:
         p = Path(path)
         where = str(p)
-        loaded = read_yaml_file(p) or {}
+        loaded = loaded or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
         _merge(tree, loaded)
