@@ -185,8 +185,7 @@ def run_demo(cfg: RunConfig, methods_subset: Sequence[str] | None = None) -> int
                  "env": report.env_info(mesh),
                  "models": results,
                  "timings": {k: round(v, 2) for k, v in timings.items()}}
-    report.write_json(eval_dict, out / "eval.json")
-    report_path = report.write_report(eval_dict, out)
+    report_path = report.write_outputs(eval_dict, out)  # safety: one set, all or nothing
     print(_summary_table(results))
     print(f"\ndemo finished in {timings['total'] / 60:.1f} min; report: {report_path}")
     return 0

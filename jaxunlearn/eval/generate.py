@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxunlearn import interrupts
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.models.llama import KVCache, Llama
 
@@ -103,6 +104,7 @@ def generate_texts(model: Llama, tokenizer, prompts_ids: Sequence[Sequence[int]]
     pad = batch_lib.pad_id(tokenizer)
     texts: list[str] = []
     for start in range(0, len(prompts_ids), batch_size):
+        interrupts.check("between generation batches")  # Ctrl-C stops here, never in XLA
         chunk = list(prompts_ids[start:start + batch_size])
         real = len(chunk)
         chunk += [chunk[0]] * (batch_size - real)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxunlearn import interrupts
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data.batch import Batch, Encoded, bucket_length, collate, encode_qa, encode_text
 from jaxunlearn.data.tofu import DataError
@@ -157,6 +158,7 @@ def score_sequences(model, encoded: Sequence[Encoded], *, pad_id: int, batch_siz
     labels = np.full((n, width), pad_id, np.int32)
     mask = np.zeros((n, width), np.float32)
     for start in range(0, n, batch_size):
+        interrupts.check("between evaluation batches")  # Ctrl-C stops here, never in XLA
         idx = order[start:start + batch_size]
         chunk = [encoded[i] for i in idx]
         t = bucket_length(max(e.length for e in chunk), buckets)
@@ -223,6 +225,7 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: 
     width = -(-max(len(p) for p in prompts) // prompt_multiple) * prompt_multiple
     out: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(prompts), batch_size):
+        interrupts.check("between generation batches")
         idx = order[start:start + batch_size]
         chunk = [list(prompts[i]) for i in idx]
         chunk += [chunk[0]] * (batch_size - len(chunk))

@@ -758,7 +758,7 @@ def main_eval(cfg, model_args: Sequence[str], retain_model_path) -> int:
 
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
     evaluation = {"config": cfg.to_dict(), "env": report.env_info(mesh), "models": results}
-    path = report.write_json(evaluation, out_dir / "eval.json")
-    report.write_report(evaluation, out_dir)
+    report.write_outputs(evaluation, out_dir)  # safety: eval.json + report + figures, one set
+    path = out_dir / "eval.json"
     print(f"wrote {path} and {out_dir / 'report.md'}")
     return 0

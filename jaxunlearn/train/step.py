@@ -19,6 +19,7 @@ tokens it holds.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -69,15 +70,29 @@ class OptimizerConfig:
     optimizer: str = "adamw"
 
     def __post_init__(self):
-        if not self.learning_rate > 0:
+        def finite(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise ValueError(f"optimizer.{name} must be a finite number, got {value!r}")
+            return value
+
+        if not finite("learning_rate") > 0:
             raise ValueError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
+                or not 0 <= self.warmup_steps < 2**31:
+            raise ValueError(f"optimizer.warmup_steps must be an integer from 0 to 2^31 - 1, "
+                             f"got {self.warmup_steps!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"optimizer.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.weight_decay < 0:
+        if finite("weight_decay") < 0:
             raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.clip_norm is not None and self.clip_norm <= 0:
+        for name in ("b1", "b2"):  # Adam's moment decay rates
+            if not 0 <= finite(name) < 1:
+                raise ValueError(f"optimizer.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not finite("eps") > 0:  # the denominator sqrt(v) + eps must not vanish
+            raise ValueError(f"optimizer.eps must be > 0, got {self.eps}")
+        if self.clip_norm is not None and not finite("clip_norm") > 0:
             raise ValueError(f"optimizer.clip_norm must be > 0 or null, got {self.clip_norm}")
         if self.moment_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"optimizer.moment_dtype must be float32 or bfloat16, got {self.moment_dtype!r}")
