@@ -144,11 +144,11 @@ def analyse(args, depth: int, devices: int, remat: str) -> dict:
     state = _abstract_state(abs_params, opt, mesh, replicate_moments=args.replicate_moments)
     batch = _abstract_batch(args.batch, args.seq, mesh)
     if args.objective == "fused":
-        loss_fn = _common.fused_objective(graphdef, config, beta=0.1, alpha=1.0,
-                                          chunk_size=args.chunk_size)
+        objective = _common.fused_objective(graphdef, config, beta=0.1, alpha=1.0,
+                                            chunk_size=args.chunk_size)
     else:
-        loss_fn = _common.library_objective(graphdef, config, beta=0.1, alpha=1.0)
-    step = make_train_step(loss_fn, opt, mesh=mesh,
+        objective = _common.library_objective(graphdef, config, beta=0.1, alpha=1.0)
+    step = make_train_step(objective, opt, mesh=mesh,
                            state_sharding=jax.tree.map(lambda x: x.sharding, state))
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()

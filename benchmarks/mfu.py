@@ -137,13 +137,13 @@ def main(argv=None) -> float:
     batch = mesh_lib.shard_batch(_common.unlearning_batch(forget, retain, ref,
                                                           padding_free=False), mesh)
     if args.objective == "fused":
-        loss_fn = _common.fused_objective(graphdef, config, beta=0.1, alpha=1.0,
-                                          chunk_size=args.chunk_size)
+        objective = _common.fused_objective(graphdef, config, beta=0.1, alpha=1.0,
+                                            chunk_size=args.chunk_size)
     else:
-        loss_fn = _common.library_objective(graphdef, config, beta=0.1, alpha=1.0)
+        objective = _common.library_objective(graphdef, config, beta=0.1, alpha=1.0)
     opt = make_optimizer(OptimizerConfig(learning_rate=1e-5, schedule="constant"), total_steps=1000)
     state = init_train_state(params, opt, jax.random.key(0), mesh)
-    step = make_train_step(loss_fn, opt, mesh=mesh, state_sharding=state_shardings(state))
+    step = make_train_step(objective, opt, mesh=mesh, state_sharding=state_shardings(state))
 
     def run():
         nonlocal state

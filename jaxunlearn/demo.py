@@ -113,7 +113,8 @@ def run_demo(cfg: RunConfig, methods_subset: Sequence[str] | None = None) -> int
     """Runs the demo end to end; returns the exit code."""
     from tqdm import tqdm
 
-    from jaxunlearn import methods, report, unlearn
+    from jaxunlearn import methods, report
+    from jaxunlearn.methods import runner
     from jaxunlearn.data import synthetic
     from jaxunlearn.eval import attacks, suite
     from jaxunlearn.models import load_pretrained, load_tokenizer
@@ -165,10 +166,10 @@ def run_demo(cfg: RunConfig, methods_subset: Sequence[str] | None = None) -> int
     for method, train in plan:
         stages.set_description(f"unlearn {method.name}")
         t = time.perf_counter()
-        res = unlearn.unlearn_model(target, tokenizer, forget, retain, method, train, mesh=mesh,
-                                    seed=cfg.seed, max_len=cfg.data.max_len,
-                                    truncate=cfg.data.truncate,
-                                    never_seen_records=bench.splits.get("holdout", ()))
+        res = runner.unlearn_model(target, tokenizer, forget, retain, method, train, mesh=mesh,
+                                   seed=cfg.seed, max_len=cfg.data.max_len,
+                                   truncate=cfg.data.truncate,
+                                   never_seen_records=bench.splits.get("holdout", ()))
         seconds = time.perf_counter() - t
         timings[f"unlearn_{method.name}"] = seconds
         hist = res.history
@@ -184,8 +185,7 @@ def run_demo(cfg: RunConfig, methods_subset: Sequence[str] | None = None) -> int
                  "env": report.env_info(mesh),
                  "models": results,
                  "timings": {k: round(v, 2) for k, v in timings.items()}}
-    report.write_json(eval_dict, out / "eval.json")
-    report_path = report.write_report(eval_dict, out)
+    report_path = report.write_outputs(eval_dict, out)  # safety: one set, all or nothing
     print(_summary_table(results))
     print(f"\ndemo finished in {timings['total'] / 60:.1f} min; report: {report_path}")
     return 0

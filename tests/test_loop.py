@@ -25,8 +25,8 @@ from jaxunlearn.models.presets import tiny
 from jaxunlearn.train import checkpoint as ckpt
 from jaxunlearn.train import loop
 from jaxunlearn.train import mesh as mesh_lib
-from jaxunlearn.train.step import (OptimizerConfig, init_train_state, make_optimizer,
-                                   make_train_step, state_shardings)
+from jaxunlearn.train.step import (Objective, OptimizerConfig, init_train_state,
+                                   make_optimizer, make_train_step, state_shardings)
 
 CONFIG = tiny(vocab_size=64)
 T, SPE, TOTAL = 12, 3, 8  # sequence length, batches per epoch, updates in a full run
@@ -34,11 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 _CACHE = Path(tempfile.gettempdir()) / f"jaxunlearn-test-loop-cache-{os.getuid()}"
 
 
-def _nll(logits, labels, mask):
+def _nll_sum(logits, labels, mask):
     # Written out here on purpose: this file tests the loop, not jaxunlearn.losses.
     logp = jax.nn.log_softmax(logits.astype(jnp.float32))
     tok = jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
-    return -(tok * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    return -(tok * mask).sum()
 
 
 def make_source(rows=4, poison_at=None):
@@ -65,18 +65,21 @@ def make_run(mesh=None):
     a resume that restored the wrong key could not match."""
     graphdef, params = nnx.split(Llama(CONFIG, rngs=nnx.Rngs(0)), nnx.Param)
 
-    def loss_fn(p, batch, key):
+    def counts(batch):
+        return {"tokens": jnp.asarray(batch["labels"].size, jnp.float32)}
+
+    def loss(p, batch, key, totals):
         logits = nnx.merge(graphdef, p)(batch["ids"])
         keep = jax.random.bernoulli(key, 0.8, batch["labels"].shape).astype(jnp.float32)
-        loss = _nll(logits, batch["labels"], keep)
-        return jnp.where(batch["poison"].max() > 0, jnp.nan, loss), {"kept": keep.sum()}
+        share = _nll_sum(logits, batch["labels"], keep) / totals["tokens"]
+        return jnp.where(batch["poison"].max() > 0, jnp.nan, share), {"kept": keep.sum()}
 
     if mesh is not None:
         params = jax.device_put(params, mesh_lib.param_shardings(params, mesh))
     opt = make_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=2), total_steps=TOTAL)
     state = init_train_state(params, opt, jax.random.key(3), mesh)
     if mesh not in _STEPS:
-        _STEPS[mesh] = make_train_step(loss_fn, opt, mesh=mesh,
+        _STEPS[mesh] = make_train_step(Objective(counts=counts, loss=loss), opt, mesh=mesh,
                                        state_sharding=state_shardings(state) if mesh else None)
     return state, _STEPS[mesh]
 
@@ -392,34 +395,3 @@ def test_grouped_source_is_deterministic_and_covers_every_sequence():
             is_2 = (b.input_ids[:, 0] // 100 == 2)
             np.testing.assert_array_equal(b.loss_mask[~is_2], plain.loss_mask[~is_2])
             assert (b.loss_mask[is_2].sum() > 0) == (epoch == 1 and plain.loss_mask[is_2].sum() > 0)
-
-
-def test_nll_loss_fn_equals_the_nll_of_the_models_logits():
-    """The training loss (fused LM head, no ``[B, T, V]`` in memory) against NumPy's
-    log-softmax of the model's logits, and its gradient against autodiff through them."""
-    from jaxunlearn.data.batch import Batch
-
-    graphdef, params = nnx.split(Llama(CONFIG, rngs=nnx.Rngs(1)), nnx.Param)
-    rng = np.random.default_rng(5)
-    ids = rng.integers(0, CONFIG.vocab_size, (3, T + 1)).astype(np.int32)
-    mask = np.ones((3, T), np.float32)
-    mask[0, :5] = 0.0  # a QA row: answer-only loss
-    att = np.ones((3, T), np.int32)
-    att[2, 8:] = 0  # a right-padded row
-    mask[2, 8:] = 0.0
-    batch = Batch(ids[:, :-1], ids[:, 1:], mask, att)
-    loss, aux = loop.nll_loss_fn(graphdef)(params, batch, None)
-
-    logits = np.asarray(nnx.merge(graphdef, params)(batch.input_ids, batch.attention_mask),
-                        np.float64)
-    z = logits - logits.max(-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-    tok = np.take_along_axis(logp, batch.labels[..., None], -1)[..., 0]
-    assert float(loss) == pytest.approx(-(tok * mask).sum() / mask.sum(), rel=1e-6)
-    assert float(aux["tokens"]) == mask.sum()
-
-    grad = jax.grad(lambda p: loop.nll_loss_fn(graphdef)(p, batch, None)[0])(params)
-    ref = jax.grad(lambda p: _nll(nnx.merge(graphdef, p)(batch.input_ids, batch.attention_mask),
-                                  batch.labels, batch.loss_mask))(params)
-    for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)

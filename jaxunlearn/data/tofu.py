@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -43,8 +44,20 @@ class DataError(UserError):
 
 
 # --- field checks: each returns None when the value is fine, else what is wrong.
+def _unicode(v: str) -> str | None:
+    """A lone surrogate (JSON ``"\\ud800"``) is not text: tokenizers and UTF-8 writers fail on it."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"contains an unpaired surrogate {v[e.start]!r} at character {e.start} "
+                "(not valid Unicode text)")
+    return None
+
+
 def _str(v: Any) -> str | None:
-    return None if isinstance(v, str) else f"expected a string, got {type(v).__name__}"
+    if not isinstance(v, str):
+        return f"expected a string, got {type(v).__name__}"
+    return _unicode(v)
 
 
 def _int(v: Any) -> str | None:
@@ -62,6 +75,8 @@ def _str_list(*, nonempty: bool) -> Callable[[Any], str | None]:
         for i, item in enumerate(v):
             if not isinstance(item, str) or not item.strip():
                 return f"item {i} must be a non-empty string, got {item!r:.40}"
+            if (problem := _unicode(item)) is not None:
+                return f"item {i} {problem}"
         return None
 
     return check
@@ -320,13 +335,17 @@ def check_disjoint(forget: Sequence[Mapping], retain: Sequence[Mapping], *,
                    names: tuple[str, str] = ("forget", "retain")) -> None:
     """Raise :class:`DataError` when the two splits share a question, person_id or name.
 
-    Questions compare after stripping whitespace; ``person_id`` -1 (world facts) and
-    empty names are ignored. Record numbers in the message are 1-based.
+    Questions and names compare in Unicode normal form NFC after stripping whitespace
+    (``"Zoë"`` typed as ``e`` + combining diaeresis is the same name); ``person_id`` -1
+    (world facts) and empty names are ignored. Record numbers in the message are 1-based.
     """
+    def text(value) -> str | None:
+        return unicodedata.normalize("NFC", value).strip() or None if value else None
+
     keys = (
-        ("question", lambda r: r.get("question", "").strip() or None),
+        ("question", lambda r: text(r.get("question", ""))),
         ("person_id", lambda r: r.get("person_id") if r.get("person_id", -1) != -1 else None),
-        ("name", lambda r: r.get("name") or None),
+        ("name", lambda r: text(r.get("name"))),
     )
     for field, key in keys:
         seen = {}

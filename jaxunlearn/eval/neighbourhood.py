@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.eval import memscore, mia
 
 # text, rng -> a neighbour of text (must differ from it)
@@ -203,7 +204,7 @@ def neighbourhood_scores(model, tokenizer, records: Sequence[Mapping], *,
     records = list(records)
     nbrs = [r for i, rec in enumerate(records) for r in
             neighbour_records(rec, perturber, num_neighbours, np.random.default_rng([seed, i]))]
-    pad = memscore.pad_id_of(tokenizer)
+    pad = batch_lib.pad_id(tokenizer)
     kw = dict(pad_id=pad, batch_size=batch_size)
     own = memscore.memorization_scores(
         model, memscore.encode_targets(tokenizer, records, max_len=max_len, truncate=True), **kw)

@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from jaxunlearn.data.batch import Encoded, encode_candidates, encode_prompt, encode_qa, \
-    encode_text
+    encode_text, pad_id
 from jaxunlearn.data.tofu import DataError
 from jaxunlearn.errors import UserError
 from jaxunlearn.eval import memorization, metrics, mia, relearn
-from jaxunlearn.eval.scoring import SequenceScores, _pad_id, greedy_generate, score_sequences
+from jaxunlearn.eval.scoring import SequenceScores, greedy_generate, score_sequences
 
 # Metric groups a run may select (``eval.metrics``); "tofu" is always computed since
 # every eval.json entry needs forget_quality and model_utility.
@@ -352,7 +352,7 @@ def _extraction_likelihoods(model, tokenizer, plan: _CanaryPlan, options: SuiteC
     # (rounded up to 16, so all canary sets share few shapes).
     longest = max(len(t) for t in targets.values())
     gens = greedy_generate(model, prompts, max_new_tokens=-(-longest // 16) * 16,
-                           eos_id=tokenizer.eos_token_id, pad_id=_pad_id(tokenizer),
+                           eos_id=tokenizer.eos_token_id, pad_id=pad_id(tokenizer),
                            batch_size=options.batch_size)
     conts: dict[int, list[list[int]]] = {i: [] for i in targets}
     for i, g in zip(owners, gens):
@@ -451,11 +451,11 @@ def _run(model, tokenizer, qa: Mapping[str, list[dict]], canaries: list[dict] | 
     plans = {split: _plan_qa(split, records, tokenizer, seqs) for split, records in qa.items()}
     cplan = (_plan_canaries(canaries, tokenizer, seqs, options, exposure=exposure)
              if canaries else None)
-    scores = score_sequences(model, seqs.encoded, pad_id=_pad_id(tokenizer),
+    scores = score_sequences(model, seqs.encoded, pad_id=pad_id(tokenizer),
                              batch_size=options.batch_size, k=options.min_k)
     prompts = [p for plan in plans.values() for p in plan.prompts]
     ids = greedy_generate(model, prompts, max_new_tokens=options.max_new_tokens,
-                          eos_id=tokenizer.eos_token_id, pad_id=_pad_id(tokenizer),
+                          eos_id=tokenizer.eos_token_id, pad_id=pad_id(tokenizer),
                           batch_size=options.batch_size)
     generations, generated_ids, start = {}, {}, 0
     for split, plan in plans.items():
@@ -543,7 +543,7 @@ def _knowledge_numbers(model, tokenizer, run: _Run, options: SuiteConfig, judge,
                             np.concatenate([np.zeros(len(prompt), np.float32),
                                             np.ones(len(target), np.float32)])))
     scored = score_sequences(judge if judge is not None else model, encs,
-                             pad_id=_pad_id(tokenizer), batch_size=options.batch_size,
+                             pad_id=pad_id(tokenizer), batch_size=options.batch_size,
                              k=options.min_k)
     ls = relearn.linguistic_score_of(run.generations["forget"],
                                      np.exp(-scored.mean_logprob).tolist())
@@ -758,7 +758,7 @@ def main_eval(cfg, model_args: Sequence[str], retain_model_path) -> int:
 
     mesh = from_config(cfg.mesh)
     evaluation = {"config": cfg.to_dict(), "env": report.env_info(mesh), "models": results}
-    path = report.write_json(evaluation, out_dir / "eval.json")
-    report.write_report(evaluation, out_dir)
+    report.write_outputs(evaluation, out_dir)  # safety: eval.json + report + figures, one set
+    path = out_dir / "eval.json"
     print(f"wrote {path} and {out_dir / 'report.md'}")
     return 0

@@ -9,8 +9,9 @@ for ``total_steps`` updates, and
     they return in the history;
   * writes an atomic checkpoint (:mod:`jaxunlearn.train.checkpoint`) every
     ``checkpoint_every`` steps, at the end, on SIGINT/SIGTERM (after finishing the
-    step in flight; then :class:`Interrupted` is raised, exit 130 in the CLI) and when
-    a step is non-finite (the last good state; then :class:`NonFiniteError`, exit 2);
+    step in flight, :mod:`jaxunlearn.interrupts`; then :class:`Interrupted` is raised,
+    exit 130 in the CLI) and when a step is non-finite (the last good state; then
+    :class:`NonFiniteError`, exit 2);
   * resumes from the newest checkpoint at the same data position (epoch, batch in
     epoch), so an interrupted and resumed run ends bit for bit where an uninterrupted
     one does (CPU; the step, the batches and the RNG are all pure functions of the
@@ -24,33 +25,35 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
 
+from jaxunlearn import interrupts, storage, validate
+from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.errors import UserError
 from jaxunlearn.models.io import CheckpointError
+from jaxunlearn.train import budget
 from jaxunlearn.train import checkpoint as ckpt
 from jaxunlearn.train import mesh as mesh_lib
+from jaxunlearn.train.nll import nll_objective
 from jaxunlearn.train.step import TrainState
 
 StepFn = Callable[[TrainState, Any], tuple[TrainState, Mapping[str, jax.Array]]]
 
 
-class Interrupted(KeyboardInterrupt):
+class Interrupted(interrupts.Interrupted):
     """SIGINT/SIGTERM stopped the loop after a complete step; the state was checkpointed.
 
     A ``KeyboardInterrupt`` so that anything catching Ctrl-C (the CLI: exit 130) does.
     """
 
     def __init__(self, message: str, *, state: TrainState, history: list[dict],
-                 checkpoint: Path | None):
-        super().__init__(message)
+                 checkpoint: Path | None, signum: int | None = None):
+        super().__init__(message, signum=signum)
         self.state, self.history, self.checkpoint = state, history, checkpoint
 
 
@@ -160,29 +163,6 @@ def batch_placer(mesh=None, grad_accum: int = 1) -> Callable[[Any], Any]:
     return place
 
 
-class _Signals:
-    """SIGINT/SIGTERM set a flag the loop checks between steps; a second one stops at once."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum, frame):
-        if self.received is not None:
-            raise KeyboardInterrupt  # a second signal: the user really wants out now
-        self.received = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal() is main-only
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def _host_metrics(metrics: Mapping[str, jax.Array]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(metrics)).items()}
 
@@ -221,13 +201,15 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0:
         raise ValueError(f"total_steps must be an integer >= 0, got {total_steps!r}")
     if checkpoint_every < 0:
-        raise ValueError(f"train.checkpoint_every must be >= 0, got {checkpoint_every}")
+        raise CheckpointError(f"train.checkpoint_every must be >= 0, got {checkpoint_every}")
     place_batch = place_batch or jax.device_put
     history: list[dict] = []
     start = int(state.step)
     last_ckpt: Path | None = None
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
+        if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+            raise CheckpointError(f"{checkpoint_dir}: exists and is not a directory")
         ckpt.remove_stale_temps(checkpoint_dir)
         latest = ckpt.latest_checkpoint(checkpoint_dir)
         if latest is not None and not resume:
@@ -257,7 +239,8 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
     bar = _progress(total_steps, start, desc, progress)
     stream = source.stream(*source.position(start)) if start < total_steps else iter(())
     try:
-        with _Signals() as signals:
+        with interrupts.deferred():
+            interrupts.check("before the first update")
             while step < total_steps:
                 epoch, index, batch = next(stream)
                 state, metrics = step_fn(state, place_batch(batch))
@@ -283,14 +266,14 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
                                  if k not in ("step", "epoch", "index")}, refresh=False)
-                if signals.received is not None:
+                if (signum := interrupts.received()) is not None:
                     path = save(state, step)
-                    name = signal.Signals(signals.received).name
                     where = (f"checkpoint {path}; rerun with resume to continue" if path
                              else "no checkpoint directory, nothing saved")
+                    name = interrupts.signal_name(signum)
                     message = f"{desc}: {name} after update {step}: {where}"
-                    print(message, file=sys.stderr)  # the CLI only says "interrupted"
-                    raise Interrupted(message, state=state, history=history, checkpoint=path)
+                    raise Interrupted(message, state=state, history=history, checkpoint=path,
+                                      signum=signum)
                 if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
                     last_ckpt = save(state, step)
             if checkpoint_dir is not None and (last_ckpt is None or step != start):
@@ -391,6 +374,7 @@ def build_model(cfg, tokenizer):
                                         scan_layers=spec.scan_layers, remat=spec.remat)
         # Token ids past the embedding would be clamped or NaN silently in a gather.
         check_vocab(tokenizer, config, where=str(path))
+        budget.check_run_budget(cfg, config)  # safety: memory and disk before any step
         return model, config
     if not spec.preset:
         raise UserError("model: give model.preset or model.path")
@@ -403,6 +387,7 @@ def build_model(cfg, tokenizer):
                             pad_token_id=tokenizer.pad_token_id)
     except ValueError as e:
         raise UserError(f"model.preset: {e}") from None
+    budget.check_run_budget(cfg, config)  # safety: memory and disk before any allocation
     return _init_model(config, cfg.seed), config
 
 
@@ -423,7 +408,6 @@ def _init_model(config, seed: int):
 
 def encode_documents(tokenizer, items, *, max_len: int, truncate: bool):
     """``TrainItem`` s -> ``Encoded``: QA counts answer + eos, text counts every token."""
-    from jaxunlearn.data import batch as batch_lib
 
     encoded = [batch_lib.encode_qa(tokenizer, it.prompt, it.text) if it.kind == "qa"
                else batch_lib.encode_text(tokenizer, it.text) for it in items]
@@ -494,24 +478,6 @@ def grouped_source(encoded, rows: int, *, seed: int, pad_id: int, lengths: Seque
             yield collate([seqs[i] for i in idx], length, pad_id)
 
     return BatchSource(steps_per_epoch=sum(per_group), epoch_batches=epoch_batches)
-
-
-def nll_loss_fn(graphdef):
-    """``(params, batch, key) -> (token NLL, {"tokens"})`` for a :class:`Batch`: answer-only
-    NLL on QA items, all tokens on documents (the mask says which).
-
-    The label log-probs come from the fused LM head (``methods.forward``): no ``[B, T, V]``
-    logits or log-softmax in memory, forward or backward (``benchmarks/train_nll.py``:
-    0.73 of the time through logits on the demo model); equal to ``losses.token_nll`` of
-    the logits, to rounding.
-    """
-    from jaxunlearn.methods import forward
-
-    def loss_fn(params, batch, key):
-        del key  # no dropout
-        return forward(graphdef, params, batch).token_nll(), {"tokens": batch.loss_mask.sum()}
-
-    return loss_fn
 
 
 def model_fingerprint(cfg, which: str, benchmark: Path, tokenizer) -> str:
@@ -647,16 +613,8 @@ def _format_quality(which: str, path: Path, q: Mapping) -> str:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """Writes ``obj`` as indented JSON to a temporary name beside ``path``, then renames it."""
-    import json
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
+    """``storage.write_json`` (atomic, NaN/inf as null) with this module's layout."""
+    storage.write_json(path, obj, indent=2, sort_keys=True)
 
 
 def model_path(cfg) -> Path | None:
@@ -683,7 +641,9 @@ def resolve_tokenizer(cfg, benchmark: Path):
 
 def _paths(cfg, which: str, benchmark: Path, tokenizer) -> tuple[Path, Path]:
     name = f"{which}-{model_fingerprint(cfg, which, benchmark, tokenizer)}"
-    return Path(cfg.output_dir) / "models" / name, Path(cfg.output_dir) / "checkpoints" / name
+    # safety: both resolve inside output_dir (no symbolic link out of it)
+    return (validate.inside(cfg.output_dir, "models", name, field="output_dir"),
+            validate.inside(cfg.output_dir, "checkpoints", name, field="output_dir"))
 
 
 def model_dir(cfg, which: str) -> Path:
@@ -729,7 +689,6 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     ``(mesh.data, mesh.fsdp)``; checkpoints go to ``<output_dir>/checkpoints/...``
     (removed once the model is saved); ``resume=True`` continues an interrupted run.
     """
-    import shutil
     import time
 
     from flax import nnx
@@ -755,6 +714,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
             write_json_atomic(out / QUALITY_FILE, {"which": which, **q, **provenance(cfg)})
         return out
 
+    storage.check_dir_target(out, "output_dir")  # safety: refuse a foreign dir before training
     model, config = build_model(cfg, tokenizer)
     t = cfg.train
     rows = t.batch_size * t.grad_accum
@@ -764,7 +724,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
                                truncate=cfg.data.truncate)
     # RoPE would extrapolate past the model's positions without a word.
     check_context([e.length for e in encoded], config, what=f"{which} training sequences")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = batch_lib.pad_id(tokenizer)
     source = grouped_source(encoded, rows, seed=cfg.seed, pad_id=pad,
                             lengths=choose_lengths([e.length for e in encoded],
                                                    epochs=t.epochs if t.steps is None
@@ -779,13 +739,12 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     params = jax.device_put(params, mesh_lib.param_shardings(params, mesh))
     optimizer = step_lib.make_optimizer(t.optimizer, total)
     state = step_lib.init_train_state(params, optimizer, jax.random.key(cfg.seed), mesh)
-    step_fn = step_lib.make_train_step(nll_loss_fn(graphdef), optimizer, mesh=mesh,
+    step_fn = step_lib.make_train_step(nll_objective(graphdef), optimizer, mesh=mesh,
                                        state_sharding=step_lib.state_shardings(state),
                                        grad_accum=t.grad_accum)
-    if not resume and ckpt_dir.exists():
-        print(f"starting over: removing the checkpoints of an earlier run in {ckpt_dir}",
-              file=sys.stderr)
-        shutil.rmtree(ckpt_dir)
+    if not resume and ckpt.remove_checkpoints(ckpt_dir):  # safety: only what checkpoint wrote
+        print(f"starting over: removed the checkpoints of an earlier run in {ckpt_dir} "
+              "(--resume continues one)", file=sys.stderr)
     print(f"training the {which} model: {len(items)} documents, {source.steps_per_epoch} "
           f"batches of {rows} per epoch, {total} updates, {config.num_params():,} parameters",
           file=sys.stderr)
@@ -797,7 +756,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
                       desc=which)
     seconds = time.perf_counter() - t0
     model = nnx.merge(graphdef, result.state.params)
-    save_pretrained(model, config, out, tokenizer=tokenizer)
+    save_pretrained(model, config, out, tokenizer=tokenizer, field="output_dir")
     q = model_quality(model, tokenizer, bench, **quality_kw)
     losses = [h["loss"] for h in result.history[-max(1, source.steps_per_epoch):]]
     write_json_atomic(out / QUALITY_FILE, {
@@ -805,6 +764,6 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
         "resumed_from": result.start_step,
         "last_epoch_loss": float(np.mean(losses)) if losses else float("nan"),
         "documents": len(items), **q, **provenance(cfg, mesh)})
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    ckpt.remove_checkpoints(ckpt_dir)
     print(_format_quality(which, out, q))
     return out

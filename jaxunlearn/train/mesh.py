@@ -151,6 +151,15 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 
 
 def maybe_initialize_distributed(enabled: bool) -> None:
-    """Multi-host runs call ``jax.distributed.initialize()`` first; nothing else changes."""
+    """Multi-host runs call ``jax.distributed.initialize()`` first; nothing else changes.
+
+    Without a cluster to join (no coordinator given or detected, e.g. ``distributed=true``
+    on a single host) JAX's error becomes a ``MeshError``: one line, exit 2.
+    """
     if enabled:
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise MeshError(f"distributed=true: cannot join a multi-host job ({first}); on a "
+                            "single host leave distributed=false") from None
