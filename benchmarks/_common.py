@@ -94,42 +94,35 @@ def as_batch(rows: dict[str, np.ndarray]):
 # ------------------------------------------------------------------------------ objectives
 
 
-def library_objective(graphdef, config, *, beta: float, alpha: float) -> Callable:
-    """``loss_fn(params, batch, key)`` of ``jaxunlearn unlearn method=npo`` (methods.NPO)."""
+def library_objective(graphdef, config, *, beta: float, alpha: float):
+    """The ``train.step.Objective`` of ``jaxunlearn unlearn method=npo`` (methods.NPO)."""
     from jaxunlearn import methods
 
-    objective = methods.get_method({"name": "npo", "beta": beta, "alpha": alpha}).objective(
+    return methods.get_method({"name": "npo", "beta": beta, "alpha": alpha}).objective(
         graphdef, config)
 
-    def loss_fn(params, batch, key):
-        del key
-        return objective(params, batch["forget"], batch["retain"], batch["cache"])
 
-    return loss_fn
-
-
-def logits_objective(graphdef, config, *, beta: float, alpha: float) -> Callable:
-    """The same NPO + alpha * retain-NLL loss on the model's ``[B, T, V]`` logits with
-    ``losses`` (log-softmax + gather, plain autodiff): how ``secondorder_methods``
-    differentiates the answer NLL, and what ``methods`` did before ``ModelOutput``."""
+def logits_objective(graphdef, config, *, beta: float, alpha: float):
+    """The same NPO + alpha * retain-NLL objective on the model's ``[B, T, V]`` logits with
+    ``losses`` (log-softmax + gather, plain autodiff): what ``methods`` did before
+    ``models.outputs.ModelOutput``."""
     from flax import nnx
 
     from jaxunlearn import losses
 
-    def loss_fn(params, batch, key):
-        del key
+    def parts(params, batch):
         model = nnx.merge(graphdef, params)
         f, r = batch["forget"]["answer"], batch["retain"]
         logp = losses.sequence_logprob(model(f.input_ids, f.attention_mask), f.labels, f.loss_mask)
-        retain_loss = losses.token_nll(model(r.input_ids, r.attention_mask), r.labels, r.loss_mask)
-        return _npo_plus_retain(logp, retain_loss, batch["cache"], beta=beta, alpha=alpha)
+        token_lp = losses.token_logprobs(model(r.input_ids, r.attention_mask), r.labels)
+        return logp, -(token_lp * r.loss_mask).sum()
 
-    return loss_fn
+    return _npo_plus_retain(parts, beta=beta, alpha=alpha)
 
 
 def fused_objective(graphdef, config, *, beta: float, alpha: float,
-                    chunk_size: int | None = None) -> Callable:
-    """The same NPO + alpha * retain-NLL loss with ``jaxunlearn.ops`` on the hidden states.
+                    chunk_size: int | None = None):
+    """The same NPO + alpha * retain-NLL objective with ``jaxunlearn.ops`` on the hidden states.
 
     No ``[B, T, V]`` logits or log-softmax are formed: the label log-probs come from the
     fused LM-head rule. Value and gradient equal :func:`library_objective`'s.
@@ -138,8 +131,7 @@ def fused_objective(graphdef, config, *, beta: float, alpha: float,
 
     from jaxunlearn import ops
 
-    def loss_fn(params, batch, key):
-        del key
+    def parts(params, batch):
         model = nnx.merge(graphdef, params)
         head = model.output_head()
         f, r = batch["forget"]["answer"], batch["retain"]
@@ -147,47 +139,57 @@ def fused_objective(graphdef, config, *, beta: float, alpha: float,
         logp = ops.sequence_logprob_from_hidden(h_f, head, f.labels, f.loss_mask,
                                                 chunk_size=chunk_size)
         h_r = model.hidden_states(r.input_ids, r.attention_mask)
-        retain_loss = ops.token_nll_from_hidden(h_r, head, r.labels, r.loss_mask,
-                                                chunk_size=chunk_size)
-        return _npo_plus_retain(logp, retain_loss, batch["cache"], beta=beta, alpha=alpha)
+        token_lp = ops.token_logprobs_from_hidden(h_r, head, r.labels, mask=r.loss_mask,
+                                                  chunk_size=chunk_size)
+        return logp, -token_lp.sum()
 
-    return loss_fn
+    return _npo_plus_retain(parts, beta=beta, alpha=alpha)
 
 
-def _npo_plus_retain(forget_logp, retain_loss, cache, *, beta: float, alpha: float):
-    """``(npo + alpha * retain_loss, metrics)`` from the forget rows' ``[B]`` log-probs:
-    per-sequence NPO, then the (uniform) forget weights, as ``methods.NPO.forget_term``."""
-    import jax
+def _npo_plus_retain(parts, *, beta: float, alpha: float):
+    """``npo + alpha * retain NLL`` as a ``train.step.Objective``, from ``parts(params, batch)
+    -> (forget rows' [B] log-probs, retain NLL sum)``: per-sequence NPO weighted by the
+    forget weights, as ``methods.NPO`` reduces it (sums over the update's counts)."""
+    import jax.numpy as jnp
 
     from jaxunlearn import losses
+    from jaxunlearn.train.step import Objective
 
-    per_seq = jax.vmap(lambda a, r: losses.npo(a[None], r[None], beta))(
-        forget_logp, cache["ref_logp"]["answer"])
-    forget_loss = losses.weighted(per_seq, cache["weight"])
-    return forget_loss + alpha * retain_loss, {"forget_loss": forget_loss,
-                                               "retain_loss": retain_loss}
+    def counts(batch):
+        return {"rows": jnp.sum(batch["cache"]["weight"]),
+                "tokens": jnp.sum(batch["retain"].loss_mask)}
+
+    def loss(params, batch, key, totals):
+        del key
+        logp, retain_sum = parts(params, batch)
+        cache = batch["cache"]
+        forget = losses.mean_parts(losses.npo_per_sequence(logp, cache["ref_logp"]["answer"],
+                                                           beta), cache["weight"])
+        retain = losses.Mean(retain_sum, counts(batch)["tokens"])
+        share = forget.total / totals["rows"] + alpha * retain.total / totals["tokens"]
+        return share, {"forget_loss": forget, "retain_loss": retain}
+
+    return Objective(counts=counts, loss=loss)
 
 
 def reference_logprobs(graphdef, params, rows) -> np.ndarray:
     """The frozen target's per-sequence log-probs ``[B]`` (NPO's cached reference)."""
     import jax
-    from flax import nnx
 
-    from jaxunlearn import losses
+    from jaxunlearn.models.outputs import forward
 
     @jax.jit
     def score(p, b):
-        logits = nnx.merge(graphdef, p)(b["input_ids"], b["attention_mask"])
-        return losses.sequence_logprob(logits, b["labels"], b["loss_mask"])
+        return forward(graphdef, p, as_batch(b)).sequence_logprob()
 
     return np.asarray(score(params, rows))
 
 
 def unlearning_batch(forget: dict, retain: dict, ref_logp: np.ndarray, *,
                      padding_free: bool = True, groups: int = 1) -> dict[str, Any]:
-    """The batch dict ``jaxunlearn.unlearn`` feeds the step: forget view, retain rows, cache.
+    """The batch dict ``methods.runner`` feeds the step: forget view, retain rows, cache.
 
-    ``padding_free`` attaches the capacities ``unlearn`` would (``train.padding_free``,
+    ``padding_free`` attaches the capacities the runner would (``train.padding_free``,
     ``models.compact``; ``groups`` batch shards): ``methods`` objectives then run the
     model on real tokens only and the LM head on answer tokens only.
     """

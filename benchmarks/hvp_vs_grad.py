@@ -32,7 +32,7 @@ def main(argv=None) -> float:
     parser.add_argument("--objective", choices=("library", "fused", "logits"), default="library",
                         help="library: methods.NPO (what jaxunlearn unlearn runs); fused: the "
                              "same loss written on hidden states; logits: on [B,T,V] logits "
-                             "with plain autodiff (as secondorder_methods' answer NLL)")
+                             "with plain autodiff (as methods.curvature's Gauss-Newton product)")
     _common.add_timing_flags(parser, steps=10, warmup=1)
     args = parser.parse_args(argv)
     _common.check_timing_flags(parser, args)
@@ -42,6 +42,7 @@ def main(argv=None) -> float:
 
     from jaxunlearn.models import Llama
     from jaxunlearn.secondorder import hvp
+    from jaxunlearn.train.step import objective_value
 
     jax.config.update("jax_default_matmul_precision", "highest")
     config = _common.model_config(args)
@@ -53,10 +54,10 @@ def main(argv=None) -> float:
     batch = jax.device_put(_common.unlearning_batch(forget, retain, ref))
     make = {"library": _common.library_objective, "fused": _common.fused_objective,
             "logits": _common.logits_objective}[args.objective]
-    loss_fn = make(graphdef, config, beta=0.1, alpha=1.0)
+    objective = make(graphdef, config, beta=0.1, alpha=1.0)
 
     def loss(p, b):
-        return loss_fn(p, b, None)[0]
+        return objective_value(objective, p, b)[0]
 
     grad = jax.jit(jax.grad(loss))
     hvp_fn = jax.jit(lambda p, v, b: hvp(lambda q: loss(q, b), p, v))

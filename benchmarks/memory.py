@@ -1,4 +1,5 @@
-"""Per-device memory of the NPO unlearning step for Llama-3.1-8B shapes, from XLA's compiler.
+"""Per-device memory of the NPO unlearning step for Llama-3.1-8B shapes, from XLA's compiler,
+for each rematerialisation policy (``LlamaConfig.remat``).
 
 Nothing is allocated: the state and batch are ``jax.ShapeDtypeStruct`` s with shardings,
 and ``jax.jit(step).lower(...).compile().memory_analysis()`` gives, per device,
@@ -8,7 +9,9 @@ and ``jax.jit(step).lower(...).compile().memory_analysis()`` gives, per device,
 The plan that fits one 80 GB GPU (defaults):
   * bf16 weights (16 GB for 8B) and bf16 compute;
   * NPO's reference log-probs cached as inputs (``[B]`` floats): no second model;
-  * rematerialised blocks (``--remat nothing_saveable``: only block inputs are kept);
+  * rematerialised blocks (``--remat full``: only each block's input is kept; the
+    script compiles every policy listed in ``--remat``, by default ``full``,
+    ``dots_saveable`` and ``none``, and reports each one's peak);
   * label log-probs fused with the LM head (``jaxunlearn.ops``, chunks of ``--chunk-size``
     tokens): no float32 ``[B, T, 128256]`` logits;
   * AdamW with bf16 first and second moments (``--optimizer adamw``; 2 x 16 GB), the
@@ -24,15 +27,18 @@ of the bf16 weights alive from the forward to the backward pass (about 4 bytes p
 parameter, 30 GiB at 8B; seen in the live-range dump at the peak). The script also
 prints the exact lower bound ``state + one gradient`` (from the shapes alone: weights,
 optimiser moments and one gradient copy, all alive at the update because global-norm
-clipping needs every gradient first); the GPU peak is that plus activations. Compiling 32 unrolled 8B layers on a 2-core CPU is slow, so by default the
-step is compiled at a few smaller depths and the peak extrapolated linearly to the full
-depth (every per-layer buffer scales with depth, the rest does not); ``--depths 32``
-compiles the real depth.
+clipping needs every gradient first); the GPU peak is that plus activations. The layers
+are scanned (``LlamaConfig.scan_layers``), so the full depth compiles as fast as one
+block and is compiled by default. ``--unrolled`` compiles 32 separate blocks instead
+(slow on a 2-core CPU): then give ``--depths 2,4`` and the peak is extrapolated linearly
+to the full depth (every per-layer buffer scales with depth, the rest does not).
 
-    .venv/bin/python benchmarks/memory.py                        # 1 and 8 devices, depths 2,4
-    .venv/bin/python benchmarks/memory.py --devices 8 --depths 32  # the full model (slow)
+    .venv/bin/python benchmarks/memory.py                       # 1 and 8 devices, 3 policies
+    .venv/bin/python benchmarks/memory.py --devices 8 --remat full
+    .venv/bin/python benchmarks/memory.py --unrolled --depths 2,4 --remat full
 
-Last line: ``peak GiB/device <preset>@<first device count> <x>`` (extrapolated when not compiled).
+Last line: ``peak GiB/device <preset>@<first device count> <x>`` for the first policy in
+``--remat`` (extrapolated when the full depth was not compiled).
 """
 
 from __future__ import annotations
@@ -115,8 +121,9 @@ def _abstract_batch(rows: int, seq: int, mesh):
                       "weight": arr((rows,), np.float32)}}
 
 
-def analyse(args, depth: int, devices: int) -> dict:
-    """Compiles the step at ``depth`` layers on ``devices`` (FSDP); memory figures in bytes."""
+def analyse(args, depth: int, devices: int, remat: str) -> dict:
+    """Compiles the step at ``depth`` layers on ``devices`` (FSDP) with per-block remat
+    policy ``remat``; memory figures in bytes."""
     import jax
     from flax import nnx
 
@@ -126,8 +133,7 @@ def analyse(args, depth: int, devices: int) -> dict:
     from jaxunlearn.train.step import OptimizerConfig, make_optimizer, make_train_step
 
     config = get_preset(args.preset, num_layers=depth, dtype=args.dtype,
-                        param_dtype=args.param_dtype, remat=args.remat != "none",
-                        remat_policy=args.remat if args.remat != "none" else "nothing_saveable")
+                        param_dtype=args.param_dtype, remat=remat, scan_layers=not args.unrolled)
     mesh = mesh_lib.make_mesh(data=1, fsdp=devices, devices=jax.devices()[:devices])
     mesh_lib.check_batch_divides(args.batch, mesh, "--batch")
     graphdef, abs_params = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))),
@@ -138,11 +144,11 @@ def analyse(args, depth: int, devices: int) -> dict:
     state = _abstract_state(abs_params, opt, mesh, replicate_moments=args.replicate_moments)
     batch = _abstract_batch(args.batch, args.seq, mesh)
     if args.objective == "fused":
-        loss_fn = _common.fused_objective(graphdef, config, beta=0.1, alpha=1.0,
-                                          chunk_size=args.chunk_size)
+        objective = _common.fused_objective(graphdef, config, beta=0.1, alpha=1.0,
+                                            chunk_size=args.chunk_size)
     else:
-        loss_fn = _common.library_objective(graphdef, config, beta=0.1, alpha=1.0)
-    step = make_train_step(loss_fn, opt, mesh=mesh,
+        objective = _common.library_objective(graphdef, config, beta=0.1, alpha=1.0)
+    step = make_train_step(objective, opt, mesh=mesh,
                            state_sharding=jax.tree.map(lambda x: x.sharding, state))
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
@@ -175,9 +181,11 @@ def _fit(depths, values, full_depth):
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="llama-3.1-8b")
-    parser.add_argument("--depths", default="2,4",
-                        help="layer counts to compile; the preset's depth is extrapolated "
-                             "linearly unless it is among them")
+    parser.add_argument("--depths", default="",
+                        help="layer counts to compile (default: the preset's); the preset's "
+                             "depth is extrapolated linearly unless it is among them")
+    parser.add_argument("--unrolled", action="store_true",
+                        help="unrolled layers (model.scan_layers=false) instead of one scanned block")
     parser.add_argument("--devices", default="1,8", help="FSDP widths to analyse (<= 8)")
     parser.add_argument("--batch", type=int, default=8,
                         help="forget rows per step (each paired with a retain row)")
@@ -186,9 +194,9 @@ def main(argv=None) -> float:
     parser.add_argument("--param-dtype", default="bfloat16")
     parser.add_argument("--optimizer", choices=("adamw", "adafactor"), default="adamw")
     parser.add_argument("--moment-dtype", choices=("bfloat16", "float32"), default="bfloat16")
-    parser.add_argument("--remat", default="nothing_saveable",
-                        choices=("none", "nothing_saveable", "dots_with_no_batch_dims_saveable",
-                                 "dots_saveable"))
+    parser.add_argument("--remat", default="full,dots_saveable,none",
+                        help="comma list of per-block remat policies (LlamaConfig.remat: none, "
+                             "full, dots_saveable, dots_with_no_batch_dims_saveable)")
     parser.add_argument("--objective", choices=("fused", "library"), default="fused")
     parser.add_argument("--chunk-size", type=int, default=2048)
     parser.add_argument("--replicate-moments", action="store_true",
@@ -197,10 +205,11 @@ def main(argv=None) -> float:
     parser.add_argument("--gpu-gib", type=float, default=79.6,
                         help="memory of the target GPU (H100 80GB: 81559 MiB)")
     args = parser.parse_args(argv)
-    depths = [int(d) for d in args.depths.split(",") if d]
+    policies = [x for x in args.remat.split(",") if x]
+    known = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+    if not policies or set(policies) - set(known):
+        parser.error(f"--remat: comma list of {', '.join(known)}")
     devices = [int(d) for d in args.devices.split(",") if d]
-    if not depths or min(depths) < 1:
-        parser.error("--depths: positive layer counts, e.g. 2,4")
     if not devices or min(devices) < 1 or max(devices) > 8:
         parser.error("--devices: FSDP widths between 1 and 8, e.g. 1,8")
 
@@ -209,45 +218,53 @@ def main(argv=None) -> float:
     from jaxunlearn.models.presets import get_preset
 
     full = get_preset(args.preset)
+    depths = [int(d) for d in args.depths.split(",") if d] or [full.num_layers]
+    if min(depths) < 1:
+        parser.error("--depths: positive layer counts, e.g. 2,4")
     print(f"# {_common.machine_line()}")
     print(f"# jax {jax.__version__}, {len(jax.devices())} simulated CPU devices; "
           f"XLA CPU compiler's memory_analysis (an estimate of the GPU figure)")
-    print(f"# {args.preset}: {full.num_params() / 1e9:.2f}B params, {full.num_layers} layers; "
+    print(f"# {args.preset}: {full.num_params() / 1e9:.2f}B params, {full.num_layers} layers "
+          f"({'unrolled' if args.unrolled else 'scanned'}); "
           f"batch {args.batch}+{args.batch} rows x T={args.seq}; dtype {args.dtype}, params "
-          f"{args.param_dtype}; {args.optimizer} (moments {args.moment_dtype}); remat {args.remat}; "
+          f"{args.param_dtype}; {args.optimizer} (moments {args.moment_dtype}); "
           f"objective {args.objective} (chunk {args.chunk_size}); moments "
           f"{'replicated' if args.replicate_moments else 'sharded like their parameters'}")
-    print(f"{'devices':>7} {'layers':>6} {'args':>8} {'outputs':>8} {'temp':>8} {'alias':>8} "
-          f"{'peak':>8} {'compile':>8}   (GiB per device)")
-    headline = None
-    for n in devices:
-        rows = {}
-        for d in depths:
-            r = analyse(args, d, n)
-            rows[d] = r
-            print(f"{n:7d} {d:6d} {r['args'] / GIB:8.2f} {r['outputs'] / GIB:8.2f} "
-                  f"{r['temp'] / GIB:8.2f} {r['alias'] / GIB:8.2f} {r['peak'] / GIB:8.2f} "
-                  f"{r['compile_s']:7.0f}s", flush=True)
-        if full.num_layers in rows:
-            peak, how = rows[full.num_layers]["peak"], "compiled"
-        else:
+    print(f"{'remat':>14} {'devices':>7} {'layers':>6} {'args':>8} {'outputs':>8} {'temp':>8} "
+          f"{'alias':>8} {'peak':>8} {'compile':>8}   (GiB per device)")
+    headline, summary = None, []
+    for policy in policies:
+        for n in devices:
+            rows = {}
+            for d in depths:
+                r = analyse(args, d, n, policy)
+                rows[d] = r
+                print(f"{policy:>14} {n:7d} {d:6d} {r['args'] / GIB:8.2f} {r['outputs'] / GIB:8.2f} "
+                      f"{r['temp'] / GIB:8.2f} {r['alias'] / GIB:8.2f} {r['peak'] / GIB:8.2f} "
+                      f"{r['compile_s']:7.0f}s", flush=True)
+            if full.num_layers in rows:
+                peak, how = rows[full.num_layers]["peak"], "compiled"
+            else:
+                ds = sorted(rows)
+                peak, resid = _fit(ds, [rows[d]["peak"] for d in ds], full.num_layers)
+                temp, _ = _fit(ds, [rows[d]["temp"] for d in ds], full.num_layers)
+                how = (f"EXTRAPOLATED linearly from depths {ds} (max fit residual "
+                       f"{resid / GIB:.3f} GiB; temp {temp / GIB:.2f} GiB)")
+            fits = "fits" if peak / GIB <= args.gpu_gib else "does NOT fit"
+            print(f"{policy:>14} {n:7d} {full.num_layers:6d} peak {peak / GIB:.2f} GiB per device, "
+                  f"{how}; {fits} in {args.gpu_gib:.1f} GiB")
             ds = sorted(rows)
-            peak, resid = _fit(ds, [rows[d]["peak"] for d in ds], full.num_layers)
-            temp, _ = _fit(ds, [rows[d]["temp"] for d in ds], full.num_layers)
-            how = (f"EXTRAPOLATED linearly from depths {ds} (max fit residual "
-                   f"{resid / GIB:.3f} GiB; temp {temp / GIB:.2f} GiB)")
-        fits = "fits" if peak / GIB <= args.gpu_gib else "does NOT fit"
-        print(f"{n:7d} {full.num_layers:6d} peak {peak / GIB:.2f} GiB per device, {how}; "
-              f"{fits} in {args.gpu_gib:.1f} GiB")
-        ds = sorted(rows)
-        state, _ = ((rows[full.num_layers]["args"], 0.0) if full.num_layers in rows
-                    else _fit(ds, [rows[d]["args"] for d in ds], full.num_layers))
-        grads = full.num_params() * np.dtype(jnp_dtype(args.param_dtype)).itemsize / n
-        print(f"{n:7d} {full.num_layers:6d} exact lower bound: state {state / GIB:.2f} + one "
-              f"gradient {grads / GIB:.2f} = {(state + grads) / GIB:.2f} GiB per device "
-              "(+ activations)")
-        if headline is None:
-            headline = (n, peak / GIB)
+            state, _ = ((rows[full.num_layers]["args"], 0.0) if full.num_layers in rows
+                        else _fit(ds, [rows[d]["args"] for d in ds], full.num_layers))
+            grads = full.num_params() * np.dtype(jnp_dtype(args.param_dtype)).itemsize / n
+            print(f"{policy:>14} {n:7d} {full.num_layers:6d} exact lower bound: state "
+                  f"{state / GIB:.2f} + one gradient {grads / GIB:.2f} = "
+                  f"{(state + grads) / GIB:.2f} GiB per device (+ activations)")
+            summary.append((policy, n, peak / GIB))
+            if headline is None:
+                headline = (n, peak / GIB)
+    print("# peak GiB per device by remat policy: " + "; ".join(
+        f"{p}@{n} {g:.2f}" for p, n, g in summary))
     print(f"peak GiB/device {args.preset}@{headline[0]} {headline[1]:.1f}")
     return headline[1]
 

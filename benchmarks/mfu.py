@@ -57,9 +57,7 @@ def _config(args):
     from jaxunlearn.models import LlamaConfig
     from jaxunlearn.models.presets import get_preset
 
-    overrides = dict(dtype=args.dtype, param_dtype=args.param_dtype,
-                     remat=args.remat != "none",
-                     remat_policy=args.remat if args.remat != "none" else "nothing_saveable",
+    overrides = dict(dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat,
                      attention_impl=args.attention)
     if args.tiny:
         return LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=704, num_layers=2,
@@ -76,9 +74,9 @@ def main(argv=None) -> float:
                         help="forget rows per step, each paired with a retain row (default 4; tiny 2)")
     parser.add_argument("--dtype", default="bfloat16", help="compute dtype")
     parser.add_argument("--param-dtype", default="float32", help="weight storage dtype")
-    parser.add_argument("--remat", default="none",
-                        choices=("none", "nothing_saveable", "dots_with_no_batch_dims_saveable",
-                                 "dots_saveable", "everything_saveable"))
+    parser.add_argument("--remat", default="none", choices=("none", "full", "dots_saveable",
+                                                     "dots_with_no_batch_dims_saveable"),
+                        help="per-block rematerialisation (LlamaConfig.remat)")
     parser.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn"),
                         help="auto: cuDNN flash attention on GPUs with bf16/fp16, else XLA")
     parser.add_argument("--objective", choices=("fused", "library"), default="fused",
@@ -139,13 +137,13 @@ def main(argv=None) -> float:
     batch = mesh_lib.shard_batch(_common.unlearning_batch(forget, retain, ref,
                                                           padding_free=False), mesh)
     if args.objective == "fused":
-        loss_fn = _common.fused_objective(graphdef, config, beta=0.1, alpha=1.0,
-                                          chunk_size=args.chunk_size)
+        objective = _common.fused_objective(graphdef, config, beta=0.1, alpha=1.0,
+                                            chunk_size=args.chunk_size)
     else:
-        loss_fn = _common.library_objective(graphdef, config, beta=0.1, alpha=1.0)
+        objective = _common.library_objective(graphdef, config, beta=0.1, alpha=1.0)
     opt = make_optimizer(OptimizerConfig(learning_rate=1e-5, schedule="constant"), total_steps=1000)
     state = init_train_state(params, opt, jax.random.key(0), mesh)
-    step = make_train_step(loss_fn, opt, mesh=mesh, state_sharding=state_shardings(state))
+    step = make_train_step(objective, opt, mesh=mesh, state_sharding=state_shardings(state))
 
     def run():
         nonlocal state

@@ -1,6 +1,6 @@
-"""Training-loss gradient: ``train.loop.nll_loss_fn`` (fused LM head) over NLL through logits.
+"""Training-loss gradient: ``train.nll.nll_objective`` (fused LM head) over NLL through logits.
 
-``jaxunlearn train`` fits the target and retain models with ``nll_loss_fn``, which reads
+``jaxunlearn train`` fits the target and retain models with ``nll_objective``, which reads
 the label log-probs from the fused LM head (``jaxunlearn.ops``): no ``[B, T, V]`` logits
 or log-softmax in memory, forward or backward. The baseline is the same NLL written on
 ``Llama.__call__``'s logits with plain autodiff. Both are ``jax.value_and_grad`` of the
@@ -40,7 +40,8 @@ def main(argv=None) -> float:
     from flax import nnx
 
     from jaxunlearn.models import Llama
-    from jaxunlearn.train.loop import nll_loss_fn
+    from jaxunlearn.train.nll import nll_objective
+    from jaxunlearn.train.step import objective_value
 
     jax.config.update("jax_default_matmul_precision", "highest")
     config = _common.model_config(args)
@@ -48,14 +49,14 @@ def main(argv=None) -> float:
                                   args.vocab)
     batch = jax.device_put(_common.as_batch(rows))
     graphdef, params = nnx.split(Llama(config, rngs=nnx.Rngs(args.seed)), nnx.Param)
-    fused_loss = nll_loss_fn(graphdef)
+    fused = nll_objective(graphdef)
 
     def logits_loss(p, b):
         logits = nnx.merge(graphdef, p)(b.input_ids, b.attention_mask).astype(jnp.float32)
         tok = jnp.take_along_axis(jax.nn.log_softmax(logits), b.labels[..., None], -1)[..., 0]
         return -jnp.sum(tok * b.loss_mask) / jnp.maximum(jnp.sum(b.loss_mask), 1.0)
 
-    fns = {"fused": jax.jit(jax.value_and_grad(lambda p, b: fused_loss(p, b, None)[0])),
+    fns = {"fused": jax.jit(jax.value_and_grad(lambda p, b: objective_value(fused, p, b)[0])),
            "logits": jax.jit(jax.value_and_grad(logits_loss))}
 
     print(f"# {_common.machine_line()}")

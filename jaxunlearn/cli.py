@@ -2,11 +2,17 @@
 
 Exit codes: 0 success, 2 user error (one clear line on stderr, no traceback), 1 bug
 (traceback), 130 interrupted. Every command validates its inputs before any work.
+
+Around every command: SIGINT/SIGTERM are deferred to safe points
+(``jaxunlearn.interrupts``: one line, exit 130, outputs complete or absent); commands
+with an ``output_dir`` hold its lock (``jaxunlearn.storage.output_lock``); a full disk
+and an exhausted accelerator or host memory are one line and exit 2, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -28,7 +34,9 @@ def _use_compilation_cache() -> None:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _use_compilation_cache()
 
-from jaxunlearn import report  # noqa: E402
+import jax  # noqa: E402
+
+from jaxunlearn import interrupts, report, storage  # noqa: E402
 from jaxunlearn.config import load_config  # noqa: E402
 from jaxunlearn.errors import UserError  # noqa: E402
 from jaxunlearn.pipeline import (demo, evaluate, experiment, tools, training,  # noqa: E402
@@ -41,9 +49,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     Every user-facing error class (``jaxunlearn.errors``: ConfigError, DataError,
     CheckpointError, MeshError, GGUFError, MethodError, ...) subclasses UserError. A
-    missing bundled model file is the user's to fix too.
+    missing bundled model file, and a path the user may not write, are the user's to fix
+    too.
     """
-    return (UserError, FileNotFoundError)
+    return (UserError, FileNotFoundError, PermissionError)
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """XLA's RESOURCE_EXHAUSTED (device or host allocation failed) or Python's MemoryError."""
+    return isinstance(exc, MemoryError) or (
+        "RuntimeError" in type(exc).__name__ and "RESOURCE_EXHAUSTED" in str(exc))
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -110,6 +129,15 @@ def _start_distributed(cfg) -> None:
     maybe_initialize_distributed(cfg.distributed)
 
 
+def _output_lock(cfg, command: str):
+    """The lock of ``cfg.output_dir`` for this command; on a multi-host job only process 0
+    takes it (the hosts of one job may share the directory)."""
+    if cfg.distributed and jax.process_index() != 0:
+        return contextlib.nullcontext()
+    return storage.output_lock(cfg.output_dir, field="output_dir",
+                               command=f"jaxunlearn {command}")
+
+
 def _dispatch(args) -> int:
     if args.command == "generate-data":
         tools.generate_data(args.out, people=args.people, qa_per_person=args.qa_per_person,
@@ -124,14 +152,22 @@ def _dispatch(args) -> int:
     if args.command == "report":
         return report.main_report(args.eval_json)
     if args.command == "run":
-        return experiment.run_experiment(args.experiment, args.overrides)
+        cfg, _ = experiment.read_experiment(args.experiment, args.overrides)
+        with _output_lock(cfg, args.command):
+            return experiment.run_experiment(args.experiment, args.overrides)
     if args.command == "demo":
         cfg = load_config(args.config, args.overrides, base=demo.DEFAULTS)
         _start_distributed(cfg)
         subset = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-        return demo.run_demo(cfg, subset)
+        with _output_lock(cfg, args.command):
+            return demo.run_demo(cfg, subset)
     cfg = load_config(args.config, args.overrides)
     _start_distributed(cfg)
+    with _output_lock(cfg, args.command):
+        return _dispatch_run(args, cfg)
+
+
+def _dispatch_run(args, cfg) -> int:
     if args.command == "train":
         training.train_model(cfg, which=args.which, resume=args.resume)
         return 0
@@ -144,16 +180,40 @@ def _dispatch(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    user_errors = _user_errors()
+    with interrupts.deferred():
+        args = build_parser().parse_args(argv)
+        return _run(args)
+
+
+def _run(args) -> int:
+    """``_dispatch`` with every expected failure as one line on stderr and an exit code."""
+    prefix = f"jaxunlearn {args.command}"
     try:
-        return _dispatch(args)
-    except user_errors as e:
-        print(f"jaxunlearn {args.command}: error: {e}", file=sys.stderr)
+        code = _dispatch(args)
+    except _user_errors() as e:
+        print(f"{prefix}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"jaxunlearn {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"{prefix}: interrupted" + (f": {_one_line(e)}" if str(e) else ""),
+              file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 (the two faults below are the user's to fix)
+        if storage.is_disk_full(e):
+            print(f"{prefix}: error: no space left on device ({_one_line(e)[:300]}); free "
+                  "some space or choose another output_dir (nothing was half-written)",
+                  file=sys.stderr)
+            return 2
+        if _out_of_memory(e):
+            print(f"{prefix}: error: out of memory ({_one_line(e)[:300]}); lower "
+                  "train.batch_size (raise train.grad_accum), eval.batch_size or "
+                  "data.max_len", file=sys.stderr)
+            return 2
+        raise
+    if (signum := interrupts.received()) is not None:
+        print(f"{prefix}: interrupted: {interrupts.signal_name(signum)} arrived after the "
+              "outputs were complete", file=sys.stderr)
+        return 130
+    return code
 
 
 if __name__ == "__main__":

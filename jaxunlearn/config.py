@@ -3,8 +3,10 @@
 ``jaxunlearn <command> --config run.yaml method=npo method.beta=0.2 train.epochs=3``:
 the YAML is read into a nested dict, each ``key=value`` override is parsed as YAML and
 set at its dotted path (``method=npo`` is short for ``method.name=npo``), and the dict
-is turned into ``RunConfig``. Unknown keys and wrong types fail before any work starts,
-naming the key and the file.
+is turned into ``RunConfig``. Unknown keys, wrong types, duplicate YAML keys
+(``strict_yaml``), integers outside int32, non-finite floats and batches whose token
+arrays alone exceed this machine's memory fail before any work starts, naming the key
+and the file.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
+import math
 import types
 import typing
 from pathlib import Path
@@ -20,30 +22,30 @@ from typing import Any, Sequence
 
 import yaml
 
+from jaxunlearn import resources, strict_yaml
 from jaxunlearn.data.schema import retain_split_of
 from jaxunlearn.errors import ConfigError, ValidationError
+from jaxunlearn.models.llama import REMAT_POLICIES
 from jaxunlearn.models.presets import PRESETS
 from jaxunlearn.train.mesh import MeshConfig
 from jaxunlearn.train.step import OptimizerConfig
 from jaxunlearn.validate import path_component
 
 
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``3e-3`` as a float.
-
-    PyYAML follows YAML 1.1, whose floats need a dot (``3.0e-3``); ``3e-3`` stayed a
-    string and failed as "expected a number". YAML 1.2 and every user read it as 0.003.
-    """
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+# Integers anywhere in a config: int32, what every array shape and jitted scalar takes.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+# Host memory of one batch, at the least: rows x tokens x 4 arrays (ids, labels, mask,
+# attention mask) of 4 bytes; a row holds at least 8 tokens (data.max_len >= 8).
+MIN_TOKENS_PER_ROW, HOST_BYTES_PER_TOKEN = 8, 16
 
 
-def _yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+def _yaml(text: str, where: str = "config"):
+    """``strict_yaml.load`` with its refusals as a ``ConfigError``; a syntax error stays a
+    ``yaml.YAMLError`` (an override value that is not YAML is taken as a string)."""
+    try:
+        return strict_yaml.load(text, where)
+    except strict_yaml.YAMLInputError as e:
+        raise ConfigError(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,7 +56,17 @@ class ModelSpec:
     path: str | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False
+    scan_layers: bool = True  # one scanned, stacked block (LlamaConfig.scan_layers)
+    # LlamaConfig.remat: none | full | dots_saveable | dots_with_no_batch_dims_saveable;
+    # the former booleans still read: true is full, false none.
+    remat: str | bool = "none"
+
+    def __post_init__(self):
+        if isinstance(self.remat, bool):
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"model.remat must be one of {', '.join(REMAT_POLICIES)}, "
+                              f"got {self.remat!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,6 +94,8 @@ class DataConfig:
         for name in ("qa_per_person", "num_world_facts", "canaries_per_repetition"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.generate_seed < 0:
+            raise ConfigError(f"data.generate_seed must be >= 0, got {self.generate_seed}")
         for field in ("forget", "retain"):
             # Split names become file names (<benchmark>/<split>.json): one plain component.
             if getattr(self, field) is not None:
@@ -125,6 +139,10 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.grad_accum < 1:
             raise ConfigError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
+        for name in ("log_every", "checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0 (0: off), got "
+                                  f"{getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -161,6 +179,32 @@ class RunConfig:
     output_dir: str = "runs/default"
     seed: int = 0
     distributed: bool = False
+
+    def __post_init__(self):
+        if not 0 <= self.seed <= INT_MAX:
+            raise ConfigError(f"seed must be an integer from 0 to {INT_MAX}, got {self.seed}")
+        self._check_batch_memory()
+
+    def _check_batch_memory(self) -> None:
+        """One batch's token arrays must fit in host memory, refused before any work.
+
+        A lower bound (``MIN_TOKENS_PER_ROW`` tokens a row, ``HOST_BYTES_PER_TOKEN``):
+        the model's activations come on top (``train.budget`` checks them once the model
+        is known).
+        """
+        t, e = self.train, self.eval
+        train_tokens = t.batch_size * t.grad_accum * MIN_TOKENS_PER_ROW
+        eval_tokens = e.batch_size * (MIN_TOKENS_PER_ROW + e.max_new_tokens)
+        if train_tokens >= eval_tokens:
+            subject = f"train.batch_size={t.batch_size}" + (
+                f" x train.grad_accum={t.grad_accum}" if t.grad_accum > 1 else "")
+        else:
+            subject = f"eval.batch_size={e.batch_size} x eval.max_new_tokens={e.max_new_tokens}"
+        resources.check_fits(
+            max(train_tokens, eval_tokens) * HOST_BYTES_PER_TOKEN, resources.physical_memory(),
+            subject=subject, where="this machine's memory",
+            estimate=f"memory for one batch's token arrays alone (at least "
+                     f"{MIN_TOKENS_PER_ROW} tokens a row, {HOST_BYTES_PER_TOKEN} bytes a token)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -214,10 +258,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if not INT_MIN <= value <= INT_MAX:
+            raise ConfigError(f"{where}: {value} is out of range ({INT_MIN} to {INT_MAX})")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -262,17 +310,18 @@ def apply_override(tree: dict, dotted: str, value: Any) -> None:
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 *, base: dict | None = None) -> RunConfig:
     """Reads ``path`` (YAML, optional), applies ``key=value`` overrides, validates."""
+    try:
+        if base:
+            strict_yaml.check_expansion(base, "config")
+        loaded = strict_yaml.read_file(path) if path is not None else None
+    except strict_yaml.YAMLInputError as e:
+        raise ConfigError(str(e)) from None
     tree: dict = json.loads(json.dumps(base)) if base else {}
     where = "config"
     if path is not None:
         p = Path(path)
         where = str(p)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file does not exist")
-        try:
-            loaded = _yaml(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: malformed YAML ({str(e).splitlines()[0]})") from None
+        loaded = loaded or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
         _merge(tree, loaded)
@@ -281,7 +330,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
             raise ConfigError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
         try:
-            value = _yaml(raw) if raw != "" else ""
+            value = _yaml(raw, f"override {key.strip()}") if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         apply_override(tree, key.strip(), value)

@@ -58,6 +58,18 @@ class MethodError(UserError):
     ``method.<field>``."""
 
 
+class ResourceError(UserError):
+    """Work that cannot fit this machine's memory or disk; the message names the setting."""
+
+
+class StorageError(UserError):
+    """An output path that would replace foreign data, leave its root, or is in use."""
+
+
+class YAMLInputError(UserError):
+    """A YAML file or value that is unreadable, ambiguous or too large once expanded."""
+
+
 class NonFiniteError(UserError):
     """A step produced a NaN/Inf loss or gradient; the loop stopped at the last good state.
 

@@ -7,9 +7,10 @@ Everything here reads the ``eval.json`` layout of DESIGN.md::
 
 where each model's entry is an ``eval.results.ModelResult`` written by ``to_json``;
 the report reads it back with ``ModelResult.from_json`` and uses its fields. Missing
-numbers print as "–", so a partial evaluation still renders. Every file is written
-under a temporary name in the output directory and renamed into place: a reader never
-sees half a file.
+numbers print as "–", so a partial evaluation still renders. :func:`write_outputs`
+stages ``eval.json``, the figures and ``report.md`` together and moves them into the
+output directory in one go (``storage.staged_files``): an interrupted command leaves
+all of them or none.
 Figures use matplotlib's object API with the Agg canvas (no pyplot, no global
 backend switch, no display needed).
 """
@@ -23,15 +24,13 @@ import math
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 
-from jaxunlearn import __version__
+from jaxunlearn import __version__, storage
 from jaxunlearn.data.schema import retain_split_of
 from jaxunlearn.errors import UserError
 from jaxunlearn.eval.results import CanaryScores, ModelResult, SplitScores
@@ -79,38 +78,12 @@ FIGURES = ("fq_vs_mu.png", "methods.png", "canaries.png", "distributions.png")
 
 # ----------------------------------------------------------------------------- files
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """``write(tmp)`` to a temporary name beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf become null (strict JSON), NumPy scalars and arrays become Python values."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
+    return storage.write_file_atomic(path, write)
 
 
 def write_json(data: Mapping, path: str | os.PathLike) -> Path:
-    """Writes ``data`` as strict JSON (indent 1, sorted keys off) atomically."""
-    text = json.dumps(_json_safe(data), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-    return _atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """``storage.write_json`` (atomic, NaN/inf as null) in ``eval.json``'s layout (indent 1)."""
+    return storage.write_json(path, data, indent=1)
 
 
 def env_info(mesh=None) -> dict:
@@ -402,6 +375,23 @@ def write_report(eval_dict: Mapping, out_dir: str | os.PathLike) -> Path:
     return _atomic(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def write_outputs(eval_dict: Mapping, out_dir: str | os.PathLike) -> Path:
+    """Writes ``eval.json``, the figures and ``report.md`` into ``out_dir`` as one set.
+
+    They are rendered in a hidden staging directory and moved in after a last interrupt
+    check, so ``out_dir`` holds the previous set or the complete new one. Returns the
+    path of ``report.md``.
+    """
+    out = Path(out_dir)
+    read_models(eval_dict, "eval_dict")  # a UserError before anything is written
+    for name in ("eval.json", "report.md", *FIGURES):  # refuse before rendering anything
+        storage.check_file_target(out / name, "output_dir")
+    with storage.staged_files(out, "eval") as tmp:
+        write_json(eval_dict, tmp / "eval.json")
+        write_report(eval_dict, tmp)
+    return out / "report.md"
+
+
 def main_report(path: str | os.PathLike) -> int:
     """``jaxunlearn report EVAL_JSON``: re-renders the report beside the eval.json."""
     path = Path(path)
@@ -412,6 +402,7 @@ def main_report(path: str | os.PathLike) -> int:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: malformed JSON ({e})") from None
     read_models(data, str(path))  # names the file in a UserError before anything is written
-    report = write_report(data, path.parent)
-    print(f"wrote {report}", file=sys.stdout)
+    with storage.staged_files(path.parent, "report") as tmp:  # all figures or none
+        write_report(data, tmp)
+    print(f"wrote {path.parent / 'report.md'}", file=sys.stdout)
     return 0

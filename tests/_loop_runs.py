@@ -10,18 +10,18 @@ from jaxunlearn.models import Llama
 from jaxunlearn.models.presets import tiny
 from jaxunlearn.train import loop
 from jaxunlearn.train import mesh as mesh_lib
-from jaxunlearn.train.step import (OptimizerConfig, init_train_state, make_optimizer,
-                                   make_train_step, state_shardings)
+from jaxunlearn.train.step import (Objective, OptimizerConfig, init_train_state,
+                                   make_optimizer, make_train_step, state_shardings)
 
 CONFIG = tiny(vocab_size=64)
 T, SPE, TOTAL = 12, 3, 8  # sequence length, batches per epoch, updates in a full run
 
 
-def _nll(logits, labels, mask):
+def _nll_sum(logits, labels, mask):
     # Written out here on purpose: these tests are of the loop, not of jaxunlearn.losses.
     logp = jax.nn.log_softmax(logits.astype(jnp.float32))
     tok = jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
-    return -(tok * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    return -(tok * mask).sum()
 
 
 def make_source(rows=4, poison_at=None):
@@ -48,18 +48,21 @@ def make_run(mesh=None):
     a resume that restored the wrong key could not match."""
     graphdef, params = nnx.split(Llama(CONFIG, rngs=nnx.Rngs(0)), nnx.Param)
 
-    def loss_fn(p, batch, key):
+    def counts(batch):
+        return {"tokens": jnp.asarray(batch["labels"].size, jnp.float32)}
+
+    def loss(p, batch, key, totals):
         logits = nnx.merge(graphdef, p)(batch["ids"])
         keep = jax.random.bernoulli(key, 0.8, batch["labels"].shape).astype(jnp.float32)
-        loss = _nll(logits, batch["labels"], keep)
-        return jnp.where(batch["poison"].max() > 0, jnp.nan, loss), {"kept": keep.sum()}
+        share = _nll_sum(logits, batch["labels"], keep) / totals["tokens"]
+        return jnp.where(batch["poison"].max() > 0, jnp.nan, share), {"kept": keep.sum()}
 
     if mesh is not None:
         params = jax.device_put(params, mesh_lib.param_shardings(params, mesh))
     opt = make_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=2), total_steps=TOTAL)
     state = init_train_state(params, opt, jax.random.key(3), mesh)
     if mesh not in _STEPS:
-        _STEPS[mesh] = make_train_step(loss_fn, opt, mesh=mesh,
+        _STEPS[mesh] = make_train_step(Objective(counts=counts, loss=loss), opt, mesh=mesh,
                                        state_sharding=state_shardings(state) if mesh else None)
     return state, _STEPS[mesh]
 

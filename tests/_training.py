@@ -4,14 +4,12 @@ Test modules import these directly (``from _training import ...``); ``conftest.p
 builds its shared fixtures from them.
 """
 
-import jax
 from flax import nnx
 
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data import tokenizer as tok_lib
 from jaxunlearn.models import LlamaConfig
-from jaxunlearn.train import loop as loop_lib
-from jaxunlearn.train import step as step_lib
+from jaxunlearn.train import finetune, loop
 from jaxunlearn.train.step import OptimizerConfig
 
 # The widths the unit tests use: two layers, 4 query / 2 kv heads of size 8.
@@ -33,20 +31,13 @@ def bench_tokenizer(bench, *, vocab_size: int = 1000):
 def train_nll(model, encoded, *, steps: int, learning_rate: float, warmup_steps: int,
               batch_size: int, seq_len: int, pad_id: int = 2):
     """``model`` trained for ``steps`` AdamW updates (no weight decay) over ``encoded``,
-    epochs reshuffled with seed 0; returns a new model."""
+    epochs reshuffled with seed 0 (``train.finetune.nll_finetune``); returns a new model."""
     graphdef, params = nnx.split(model, nnx.Param)
-    opt = step_lib.make_optimizer(OptimizerConfig(learning_rate=learning_rate,
-                                                  warmup_steps=warmup_steps,
-                                                  weight_decay=0.0), steps)
-    state = step_lib.init_train_state(params, opt, jax.random.key(0))
-    step = step_lib.make_train_step(loop_lib.nll_loss_fn(graphdef), opt)
-    done, epoch = 0, 0
-    while done < steps:
-        for b in batch_lib.iterate_batches(encoded, batch_size, seed=0, epoch=epoch,
-                                           pad_id=pad_id, seq_len=seq_len):
-            state, _ = step(state, b)
-            done += 1
-            if done == steps:
-                break
-        epoch += 1
-    return nnx.merge(graphdef, state.params)
+    source = loop.BatchSource(
+        steps_per_epoch=batch_lib.steps_per_epoch(len(encoded), batch_size),
+        epoch_batches=lambda epoch: batch_lib.iterate_batches(
+            encoded, batch_size, seed=0, epoch=epoch, pad_id=pad_id, seq_len=seq_len))
+    result = finetune.nll_finetune(
+        graphdef, params, source, total_steps=steps, optimizer=OptimizerConfig(
+            learning_rate=learning_rate, warmup_steps=warmup_steps, weight_decay=0.0))
+    return nnx.merge(graphdef, result.state.params)

@@ -120,6 +120,24 @@ def unlearn(w: World, ws: Path, *extra: str, bench: Path | None = None,
             "data.max_len=128", *extra]
 
 
+def write_llama_gguf(path: Path, *, block_count: int) -> None:
+    """A llama GGUF whose metadata declares ``block_count`` blocks; only the embedding is stored."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(176)
+    writer.add_head_count(4)
+    writer.add_block_count(block_count)
+    writer.add_context_length(128)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tensor("token_embd.weight", np.ones((256, 64), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def write_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, object]]) -> None:
     """A GGUF file (llama metadata stub) holding ``name: (raw array, ggml type or None)``."""
     import gguf
@@ -142,9 +160,40 @@ CASES: dict[str, Builder] = {}
 XFAIL: dict[str, str] = {}
 
 
+# Cases run in this process through ``jaxunlearn.cli.main`` (no interpreter start-up:
+# they fail within a second), all others in a subprocess each.
+IN_PROCESS: set[str] = set()
+
+
 def case(fn: Builder) -> Builder:
     CASES[fn.__name__] = fn
     return fn
+
+
+def in_process(fn: Builder) -> Builder:
+    IN_PROCESS.add(fn.__name__)
+    return fn
+
+
+def run_main(args: list) -> subprocess.CompletedProcess:
+    """``jaxunlearn.cli.main(args)`` here, its stdout/stderr captured like a subprocess's
+    (an exception that escapes prints its traceback and counts as exit 1)."""
+    import contextlib
+    import io
+    import traceback
+
+    from jaxunlearn import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+        except BaseException:  # noqa: BLE001 (a bug: report it as the CLI would)
+            traceback.print_exc(file=err)
+            code = 1
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 # --- data files: malformed, truncated, missing/empty/mistyped fields, empty, overlapping
@@ -511,6 +560,252 @@ def generate_data_over_a_model(w, ws):
     return ["generate-data", "--out", m, "--people", "12"], (str(m), "not empty")
 
 
+# --- issue 21: outputs never replace foreign data or leave output_dir
+@case
+@in_process
+def convert_into_foreign_dir(w, ws):
+    (ws / "out" / "converted").mkdir(parents=True)
+    (ws / "out" / "converted" / "my_notes.txt").write_text("the user's own file")
+    return convert(ws, w.model), ("--out", "converted", "not empty", "not written by jaxunlearn")
+
+
+@case
+@in_process
+def convert_onto_existing_file(w, ws):
+    (ws / "out").mkdir()
+    (ws / "out" / "converted").write_text("the user's own file")
+    return convert(ws, w.model), ("--out", "converted", "is a file")
+
+
+@case
+@in_process
+def checkpoints_symlink_leaves_output_dir(w, ws):
+    (ws / "elsewhere").mkdir()
+    (ws / "out").mkdir()
+    (ws / "out" / "checkpoints").symlink_to(ws / "elsewhere", target_is_directory=True)
+    return unlearn(w, ws), ("output_dir", "checkpoints", "outside")
+
+
+@case
+@in_process
+def method_output_symlink_leaves_output_dir(w, ws):
+    (ws / "elsewhere").mkdir()
+    (ws / "out").mkdir()
+    (ws / "out" / "npo").symlink_to(ws / "elsewhere", target_is_directory=True)
+    return unlearn(w, ws), ("output_dir", "npo", "outside")
+
+
+@case
+@in_process
+def method_output_is_foreign_dir(w, ws):
+    (ws / "out" / "npo").mkdir(parents=True)
+    (ws / "out" / "npo" / "results.csv").write_text("the user's own file")
+    return unlearn(w, ws), ("output_dir", "npo", "not written by jaxunlearn")
+
+
+@case
+@in_process
+def output_dir_is_a_file(w, ws):
+    (ws / "out").write_text("the user's own file")
+    return unlearn(w, ws), ("output_dir", "not a directory")
+
+
+# --- issue 21: sizes refused from metadata, before anything is allocated
+@case
+@in_process
+def config_json_billion_layers(w, ws):
+    m = model_copy(w, ws)
+    edit_json(m / "config.json", lambda c: {**c, "num_hidden_layers": 1_000_000_000})
+    return convert(ws, m), ("config.json", "num_hidden_layers=1000000000", "GB", "memory")
+
+
+@case
+@in_process
+def config_json_absurd_heads(w, ws):
+    m = model_copy(w, ws)
+    edit_json(m / "config.json", lambda c: {**c, "num_attention_heads": 10**12, "head_dim": 32})
+    return convert(ws, m), ("config.json", "num_attention_heads=1000000000000")
+
+
+@case
+@in_process
+def config_json_zero_heads(w, ws):
+    m = model_copy(w, ws)
+    edit_json(m / "config.json", lambda c: {**c, "num_attention_heads": 0})
+    return convert(ws, m), ("config.json", "num_attention_heads=0")
+
+
+@case
+@in_process
+def gguf_absurd_block_count(w, ws):
+    write_llama_gguf(ws / "deep.gguf", block_count=1_000_000_000)
+    return ["convert", ws / "deep.gguf", "--out", ws / "out" / "converted"], (
+        "deep.gguf", "block_count=1000000000")
+
+
+@case
+@in_process
+def gguf_empty_file(w, ws):
+    (ws / "empty.gguf").write_bytes(b"")
+    return ["convert", ws / "empty.gguf", "--out", ws / "out" / "converted"], (
+        "empty.gguf", "empty")
+
+
+@case
+@in_process
+def yaml_alias_bomb(w, ws):
+    # 413 bytes that expand to 9^9 list items through aliases ("billion laughs").
+    levels = ["&a0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    (ws / "run.yaml").write_text("eval:\n  metrics: [" + ", ".join(levels) + "]\n")
+    return unlearn(w, ws, "--config", ws / "run.yaml"), ("run.yaml", "eval.metrics",
+                                                         "aliases")
+
+
+@case
+@in_process
+def batch_size_out_of_range(w, ws):
+    return unlearn(w, ws, "train.batch_size=100000000000"), ("train.batch_size",
+                                                             "100000000000")
+
+
+@case
+@in_process
+def batch_larger_than_memory(w, ws):  # its token arrays alone: 2e9 x 8 x 16 bytes = 256 GB
+    return unlearn(w, ws, "train.batch_size=2000000000"), ("train.batch_size=2000000000",
+                                                           "GB", "memory")
+
+
+@case
+@in_process
+def batch_cannot_fit_the_model(w, ws):  # 2^26 rows of the tiny model: ~1 TB of activations
+    return (unlearn(w, ws, "train.batch_size=67108864"),
+            ("train.batch_size=67108864", "GB", "activations"))
+
+
+# --- issue 21: one line, not a traceback
+@case
+@in_process
+def config_is_a_directory(w, ws):
+    (ws / "conf").mkdir()
+    return unlearn(w, ws, "--config", ws / "conf"), ("conf", "directory")
+
+
+@case
+@in_process
+def config_not_utf8(w, ws):
+    (ws / "run.yaml").write_bytes(b"train:\n  steps: 1 # caf\xe9\n")
+    return unlearn(w, ws, "--config", ws / "run.yaml"), ("run.yaml", "UTF-8", "offset")
+
+
+@case
+@in_process
+def config_duplicate_key(w, ws):
+    (ws / "run.yaml").write_text("train:\n  steps: 1\n  steps: 500\n")
+    return unlearn(w, ws, "--config", ws / "run.yaml"), ("run.yaml", "line 3", "duplicate",
+                                                         "'steps'")
+
+
+@case
+@in_process
+def seed_negative(w, ws):
+    return unlearn(w, ws, "seed=-1"), ("seed", "-1")
+
+
+@case
+@in_process
+def seed_out_of_range(w, ws):
+    return unlearn(w, ws, f"seed={2**64}"), ("seed", str(2**64), "out of range")
+
+
+@case
+@in_process
+def warmup_steps_out_of_range(w, ws):
+    return (unlearn(w, ws, f"train.optimizer.warmup_steps={10**20}"),
+            ("warmup_steps", str(10**20)))
+
+
+@case
+@in_process
+def checkpoint_every_negative(w, ws):
+    return unlearn(w, ws, "train.checkpoint_every=-1"), ("train.checkpoint_every", "-1")
+
+
+@case
+@in_process
+def question_lone_surrogate(w, ws):
+    b = bench_copy(w, ws)
+    recs = jsonl(b / "forget10.json")
+    recs[2]["question"] = "Where was \ud800 born?"  # json.dumps writes it as \\ud800
+    write_jsonl(b / "forget10.json", recs)
+    return unlearn(w, ws, bench=b), ("forget10.json", "line 3", "'question'", "surrogate")
+
+
+@case  # a subprocess: jax.distributed needs a fresh interpreter
+def distributed_on_a_single_host(w, ws):
+    return unlearn(w, ws, "distributed=true"), ("distributed=true", "single host")
+
+
+# --- issue 21: no longer accepted silently
+@case
+@in_process
+def safetensors_dtype_says_int(w, ws):
+    m = model_copy(w, ws)
+    blob = (m / "model.safetensors").read_bytes()
+    (m / "model.safetensors").write_bytes(blob.replace(b'"dtype":"F32"', b'"dtype":"I32"', 1))
+    return convert(ws, m), ("model.safetensors", "I32", "floating point")
+
+
+@case
+@in_process
+def config_json_nan_eps(w, ws):
+    m = model_copy(w, ws)
+    edit_json(m / "config.json", lambda c: {**c, "rms_norm_eps": float("nan")})
+    return convert(ws, m), ("config.json", "rms_norm_eps=nan", "finite")
+
+
+@case
+@in_process
+def optimizer_b1_out_of_range(w, ws):
+    return unlearn(w, ws, "train.optimizer.b1=1.5"), ("optimizer.b1", "1.5")
+
+
+@case
+@in_process
+def optimizer_eps_negative(w, ws):
+    return unlearn(w, ws, "train.optimizer.eps=-1e-8"), ("optimizer.eps", "-1e-08")
+
+
+@case
+@in_process
+def optimizer_clip_norm_infinite(w, ws):
+    return unlearn(w, ws, "train.optimizer.clip_norm=.inf"), (
+        "train.optimizer.clip_norm", "expected a finite number, got inf")
+
+
+@case
+@in_process
+def learning_rate_infinite(w, ws):
+    return unlearn(w, ws, "train.optimizer.learning_rate=.inf"), (
+        "train.optimizer.learning_rate", "expected a finite number, got inf")
+
+
+@case
+@in_process
+def overlap_after_unicode_normalisation(w, ws):
+    import unicodedata
+
+    b = bench_copy(w, ws)
+    forget, retain = jsonl(b / "forget10.json"), jsonl(b / "retain90.json")
+    forget[3]["question"] = "Where was Zo\u00eb Brontë born?"  # composed (NFC)
+    retain[7]["question"] = unicodedata.normalize("NFD", forget[3]["question"])
+    assert retain[7]["question"] != forget[3]["question"]
+    write_jsonl(b / "forget10.json", forget)
+    write_jsonl(b / "retain90.json", retain)
+    return unlearn(w, ws, bench=b), ("overlap", "'question'", "forget10 record 4",
+                                     "retain90 record 8")
+
+
 def _id(name: str):
     marks = [pytest.mark.xfail(strict=True, reason=XFAIL[name])] if name in XFAIL else []
     return pytest.param(name, id=name, marks=marks)
@@ -521,7 +816,7 @@ def _run_case(w: World, name: str) -> tuple[subprocess.CompletedProcess, tuple, 
     ws.mkdir(parents=True)
     argv, expect = CASES[name](w, ws)
     before = tree(ws)
-    result = run_cli(argv, cwd=ws)
+    result = run_main(argv) if name in IN_PROCESS else run_cli(argv, cwd=ws)
     return result, expect, before, tree(ws)
 
 
@@ -534,9 +829,13 @@ def outcomes(world, request) -> dict:
     shared_before = {p: tree(p) for p in (world.bench, world.model, world.model_small_vocab,
                                           world.model_short_context)}
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {n: pool.submit(_run_case, world, n) for n in CASES if n in wanted}
+        futures = {n: pool.submit(_run_case, world, n) for n in CASES
+                   if n in wanted and n not in IN_PROCESS}
         control = pool.submit(_run_control, world)
-        done = {n: f.result() for n, f in futures.items()}
+        # In this (main) thread meanwhile: cli.main installs signal handlers and
+        # redirects sys.stdout/sys.stderr, both of which only one thread may do.
+        done = {n: _run_case(world, n) for n in CASES if n in wanted and n in IN_PROCESS}
+        done.update({n: f.result() for n, f in futures.items()})
         done["__control__"] = control.result()
     done["__shared__"] = {p: (b, tree(p)) for p, b in shared_before.items()}
     return done
@@ -545,8 +844,15 @@ def outcomes(world, request) -> dict:
 def _run_control(w: World) -> tuple[subprocess.CompletedProcess, Path]:
     ws = w.root / "control"
     ws.mkdir()
-    # The same command line the cases start from, with truncation on: a valid run.
-    return run_cli(unlearn(w, ws, "data.max_len=40", "data.truncate=true"), cwd=ws), ws
+    # The same command line the cases start from, with truncation on: a valid run. An
+    # earlier run of it left a checkpoint, which this one (no --resume) must say it drops.
+    argv = unlearn(w, ws, "data.max_len=40", "data.truncate=true")
+    from jaxunlearn.config import load_config
+
+    fp = load_config(None, argv[1:]).fingerprint("model", "data", "train", "method", "seed")
+    (ws / "out" / "checkpoints" / f"unlearn-npo-{fp}" / "step_00000001" / "state").mkdir(
+        parents=True)
+    return run_cli(argv, cwd=ws), ws
 
 
 @pytest.mark.parametrize("name", [_id(n) for n in CASES])
@@ -582,3 +888,6 @@ def test_valid_command_runs(outcomes):
     assert json.loads((out / "unlearn.json").read_text())["updates"] == 1
     assert not (ws / "out" / "checkpoints").exists() or not any(
         (ws / "out" / "checkpoints").rglob("*")), "checkpoints left after a finished run"
+    # It used to drop the earlier run's checkpoint without a word (issue 21).
+    assert "starting over: removed the checkpoints of an earlier run" in result.stderr
+

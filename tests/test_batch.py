@@ -14,8 +14,10 @@ from jaxunlearn.data.batch import (
     encode_qa,
     encode_qa_records,
     encode_text,
+    epoch_rows,
     iterate_batches,
     iterate_eval_batches,
+    pad_id,
     prompt_batch,
     steps_per_epoch,
 )
@@ -171,6 +173,29 @@ def test_iterator_drop_remainder():
         iterate_batches(data, 16, seed=0, epoch=0, pad_id=PAD, drop_remainder=True)
     with pytest.raises(DataError, match="epoch"):
         iterate_batches(data, 4, seed=0, epoch=-1, pad_id=PAD)
+
+
+def test_epoch_rows_is_the_seeded_permutation_wrapped_around():
+    rows = epoch_rows(10, 4, seed=3, epoch=2)
+    order = np.random.default_rng([3, 2]).permutation(10)  # written out independently
+    np.testing.assert_array_equal(rows.ravel(), np.r_[order, order[:2]])
+    assert rows.shape == (3, 4)
+    np.testing.assert_array_equal(epoch_rows(10, 4, seed=3, epoch=2, drop_remainder=True),
+                                  order[:8].reshape(2, 4))
+    # iterate_batches yields exactly these rows.
+    data = [toy(i, 4) for i in range(10)]
+    seen = [rows_of(b) for b in iterate_batches(data, 4, seed=3, epoch=2, pad_id=PAD)]
+    assert [list(r) for r in seen] == rows.tolist()
+
+
+def test_pad_id_falls_back_to_eos_and_names_the_tokenizer():
+    class Tok:
+        def __init__(self, pad, eos):
+            self.pad_token_id, self.eos_token_id = pad, eos
+
+    assert pad_id(Tok(5, 7)) == 5 and pad_id(Tok(None, 7)) == 7 and pad_id(Tok(0, 7)) == 0
+    with pytest.raises(DataError, match="tokenizer: has neither a pad nor an eos"):
+        pad_id(Tok(None, None))
 
 
 def test_batches_are_padded_to_a_bucket():

@@ -23,6 +23,12 @@ CASES = {
     "gemm_floor": (TOY + ["--steps", "1"], r"^floor jax/torch \d+\.\d+$"),
     "hvp_vs_grad": (TOY + ["--steps", "1", "--warmup", "0"], r"^ratio hvp/grad \d+\.\d+$"),
     "train_nll": (TOY + ["--steps", "1", "--warmup", "0"], r"^ratio fused/logits \d+\.\d+$"),
+    # Reduced mode: two small depths, the scanned layout only.
+    "compile_time": (["--depths", "1,2", "--layouts", "scanned", "--warmup", "0", "--hidden",
+                      "32", "--ffn", "64", "--vocab", "97", "--seq", "16", "--batch", "2"],
+                     r"^ratio compile 2/1 layers \d+\.\d+$"),
+    "memory": (["--preset", "tiny", "--devices", "1", "--remat", "full,none", "--batch", "2",
+                "--seq", "16", "--chunk-size", "16"], r"^peak GiB/device tiny@1 \d+\.\d+$"),
     # On a CPU no bf16 peak is known: the last line is the throughput and says so.
     "mfu": (["--tiny", "--seq", "16", "--steps", "1", "--warmup", "0"],
             r"^(mfu \d+\.\d+|tokens/s \d+\.\d+ \(mfu n/a)"),

@@ -10,6 +10,7 @@ from flax import nnx
 
 from _loop_runs import CONFIG, TOTAL, make_run, make_source
 from jaxunlearn.errors import CheckpointError
+from jaxunlearn.models import Llama
 from jaxunlearn.train import checkpoint as ckpt
 from jaxunlearn.train import loop
 
@@ -37,6 +38,19 @@ def test_checkpoint_of_another_model_shape_is_refused(saved):
         loop.run_loop(lambda s, b: None, target, make_source(), total_steps=4,
                       checkpoint_dir=directory, resume=True, fingerprint="abc",
                       model_config=dataclasses.asdict(other), progress=False)
+
+
+def test_checkpoint_of_the_other_layer_layout_is_refused(saved):
+    # Scanned layers store [L, ...] arrays, unrolled ones L arrays: the sidecar's model
+    # config names the difference before any array is read.
+    directory, _ = saved
+    unrolled = CONFIG.replace(scan_layers=False)
+    _, params = nnx.split(Llama(unrolled, rngs=nnx.Rngs(0)), nnx.Param)
+    state, _ = make_run()
+    with pytest.raises(CheckpointError, match=r"another model \(scan_layers: checkpoint has True"):
+        loop.run_loop(lambda s, b: None, state._replace(params=params), make_source(),
+                      total_steps=4, checkpoint_dir=directory, resume=True, fingerprint="abc",
+                      model_config=dataclasses.asdict(unrolled), progress=False)
 
 
 def test_checkpoint_of_another_config_is_refused(saved):

@@ -13,6 +13,8 @@ from jaxunlearn import methods
 from jaxunlearn.data.batch import Batch
 from jaxunlearn.models import Llama, compact
 from jaxunlearn.models.compact import Compaction
+from jaxunlearn.models.outputs import forward
+from jaxunlearn.train.step import objective_value
 
 # ------------------------------------------------------------------------------ bookkeeping
 
@@ -125,9 +127,11 @@ def _plan(b: Batch, groups: int) -> Compaction:
                             compact.group_counts(b.loss_mask, groups), multiple=1)
 
 
-@pytest.mark.parametrize("left,groups,remat", [(False, 1, False), (True, 2, True)])
-def test_padding_free_trunk_equals_the_padded_one_at_real_tokens(left, groups, remat):
-    model = _model(remat=remat)
+@pytest.mark.parametrize("left,groups,remat,scan", [(False, 1, "none", True),
+                                                   (True, 2, "full", True),
+                                                   (True, 2, "none", False)])
+def test_padding_free_trunk_equals_the_padded_one_at_real_tokens(left, groups, remat, scan):
+    model = _model(remat=remat, scan_layers=scan)
     b = _batch(left)
     real = np.asarray(b.attention_mask, bool)[..., None]
     trunk = nnx.jit(lambda m, plan: m.trunk(b.input_ids, b.attention_mask, hidden_layer=0,
@@ -148,26 +152,29 @@ def test_padding_free_trunk_with_too_small_a_capacity_is_nan():
 
 def _objective_value_and_grad(model, forget: Batch, retain: Batch, method: str):
     graphdef, params = nnx.split(model, nnx.Param)
-    config = model.config
     spec = methods.get_method(method)
     cache = {"ref_logp": {"answer": np.full(forget.input_ids.shape[0], -20.0, np.float32)},
              "weight": np.ones(forget.input_ids.shape[0], np.float32)}
-    objective = spec.objective(graphdef, config)
-
-    def loss(p):
-        return objective(p, {"answer": forget}, retain, cache)[0]
-
-    return jax.jit(jax.value_and_grad(loss))(params)
+    objective = spec.objective(graphdef, model.config)
+    batch = {"forget": {"answer": forget}, "retain": retain, "cache": cache}
+    return jax.jit(jax.value_and_grad(lambda p: objective_value(objective, p, batch),
+                                      has_aux=True))(params)
 
 
 @pytest.mark.parametrize("method,groups", [("npo", 1), ("grad_diff", 2), ("simnpo", 2)])
 def test_objectives_padding_free_equal_padded_in_value_and_gradient(method, groups):
     model = _model()
     forget, retain = _batch(False, seed=1), _batch(True, seed=2)
-    v0, g0 = _objective_value_and_grad(model, forget, retain, method)
-    v1, g1 = _objective_value_and_grad(model, forget._replace(compaction=_plan(forget, groups)),
-                                       retain._replace(compaction=_plan(retain, groups)), method)
-    np.testing.assert_allclose(float(v1), float(v0), rtol=1e-5)
+    (v0, m0), g0 = _objective_value_and_grad(model, forget, retain, method)
+    forget1 = forget._replace(compaction=_plan(forget, groups))
+    retain1 = retain._replace(compaction=_plan(retain, groups))
+    (v1, _), g1 = _objective_value_and_grad(model, forget1, retain1, method)
+    # grad_diff's loss is a difference of two NLLs of similar size: float32 rounding of
+    # each term (relative 1e-5 after the model's reductions) bounds the difference, so
+    # the bound scales with the terms, not with what is left after they cancel.
+    spec = methods.get_method(method)
+    terms = spec.gamma * abs(float(m0["forget_loss"])) + spec.alpha * abs(float(m0["retain_loss"]))
+    np.testing.assert_allclose(float(v1), float(v0), rtol=0, atol=1e-5 * terms)
     for a, c in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-6)
 
@@ -176,7 +183,7 @@ def test_label_logprobs_padding_free_equal_numpy_log_softmax():
     model = _model()
     b = _batch(False, seed=3)
     graphdef, params = nnx.split(model, nnx.Param)
-    label_logprobs = jax.jit(lambda p, batch: methods.forward(graphdef, p, batch).label_logprobs)
+    label_logprobs = jax.jit(lambda p, batch: forward(graphdef, p, batch).label_logprobs)
     got = label_logprobs(params, b._replace(compaction=_plan(b, 1)))
     logits = np.asarray(nnx.jit(lambda m: m(b.input_ids, b.attention_mask))(model), np.float64)
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \

@@ -27,6 +27,16 @@ def test_model_shortcut_preset_or_path():
     assert m.preset is None and m.path == "/some/dir"
 
 
+def test_model_layout_and_remat_keys():
+    cfg = load_config(None, ["model.scan_layers=false", "model.remat=dots_saveable", "mesh.tensor=4"])
+    assert (cfg.model.scan_layers, cfg.model.remat, cfg.mesh.tensor) == (False, "dots_saveable", 4)
+    defaults = load_config(None)
+    assert (defaults.model.scan_layers, defaults.model.remat, defaults.mesh.tensor) == (True, "none", 1)
+    # The former boolean spelling still reads, as the policy it meant.
+    assert load_config(None, ["model.remat=true"]).model.remat == "full"
+    assert load_config(None, ["model.remat=false"]).model.remat == "none"
+
+
 def test_fingerprint_stable_and_sensitive():
     a, b = load_config(None, ["seed=1"]), load_config(None, ["seed=1"])
     assert a.fingerprint() == b.fingerprint()
@@ -40,6 +50,9 @@ def test_fingerprint_stable_and_sensitive():
     (["train.batch_size=0"], "train.batch_size must be >= 1"),
     (["train.optimizer.learning_rate=-1"], "learning_rate must be > 0"),
     (["mesh.fsdp=0"], "mesh.fsdp must be >= 1"),
+    (["mesh.tensor=0"], "mesh.tensor must be >= 1"),
+    (["model.remat=half"], "model.remat must be one of none, full, dots_saveable"),
+    (["model.scan_layers=maybe"], "model.scan_layers: expected true/false"),
     (["novalue"], "must look like key=value"),
 ])
 def test_bad_overrides_name_the_key(override, needle):

@@ -2,15 +2,16 @@
 
 import numpy as np
 import jax.numpy as jnp
+import pytest
 from flax import nnx
 
 from jaxunlearn.eval.generate import generate, left_pad
 from jaxunlearn.models import Llama, LlamaConfig
 
 
-def _model():
+def _model(scan: bool = True):
     config = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_layers=2,
-                         num_heads=4, num_kv_heads=2)
+                         num_heads=4, num_kv_heads=2, scan_layers=scan)
     return Llama(config, rngs=nnx.Rngs(3))
 
 
@@ -36,8 +37,9 @@ def _greedy_by_recomputation(model, prompt, n, eos):
     return out
 
 
-def test_greedy_with_cache_equals_recomputation_left_padded():
-    model = _model()
+@pytest.mark.parametrize("scan", [True, False], ids=["scanned", "unrolled"])
+def test_greedy_with_cache_equals_recomputation_left_padded(scan):
+    model = _model(scan)
     prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [11]]
     ids, mask = left_pad(prompts, pad_id=0, multiple=4)
     assert ids.shape == (3, 12) and mask.sum() == 13

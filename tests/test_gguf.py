@@ -186,6 +186,23 @@ def test_synthetic_llama_round_trip(tmp_path, tied):
     assert np.all(np.abs(emb - orig).reshape(-1, 32) <= step * (0.5 + 127 * 2.0**-11) * 1.001)
 
 
+@pytest.mark.parametrize("scan", [True, False], ids=["scanned", "unrolled"])
+def test_synthetic_file_loads_into_either_layer_layout(tmp_path, scan):
+    """Stacked on load (scanned: one [L, ...] array per weight), unstacked on save: the
+    model's HF tensors are the file's, exactly, in both layouts."""
+    from jaxunlearn.models import load_pretrained
+    from jaxunlearn.models.io import hf_tensors_from_model
+
+    write_tiny(tmp_path / "m.gguf", tied=False)
+    _, tensors = read_gguf(tmp_path / "m.gguf")
+    model, config = load_pretrained(tmp_path / "m.gguf", scan_layers=scan)
+    assert config.scan_layers == scan
+    got = hf_tensors_from_model(model)
+    assert set(got) == set(tensors)
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
 def test_synthetic_config_is_hf_config(tmp_path):
     from transformers import AutoConfig
 
@@ -515,6 +532,25 @@ def test_smollm2_logits_match_transformers(smollm2_pair, tokenizers):
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits.numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-3, rtol=0)
+
+
+def test_smollm2_unrolled_layers_equal_scanned(smollm2_pair, ours, tokenizers):
+    """The unrolled layout (``model.scan_layers=false``) gives the scanned model's logits,
+    which the test above holds against transformers."""
+    import jax.numpy as jnp
+
+    from jaxunlearn.data.batch import encode_prompt
+    from jaxunlearn.models import LlamaConfig
+    from jaxunlearn.models.io import model_from_hf_tensors
+
+    scanned, _ = smollm2_pair
+    config = LlamaConfig.from_hf(ours.config, scan_layers=False)
+    tensors = {k: v for k, v in ours.tensors.items() if k != "lm_head.weight"}
+    unrolled = model_from_hf_tensors(config, tensors.__getitem__, set(tensors), source="smollm2")
+    ids = jnp.asarray([encode_prompt(tokenizers[0], "What is the capital of France?").tolist()])
+    want = np.asarray(scanned(ids))
+    np.testing.assert_allclose(np.asarray(unrolled(ids)), want, rtol=0,
+                               atol=1e-5 * np.abs(want).max())
 
 
 def test_smollm2_greedy_generation_identical(smollm2_pair, tokenizers):

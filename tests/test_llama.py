@@ -1,4 +1,7 @@
-"""Logit parity of jaxunlearn.models.Llama with transformers' PyTorch models."""
+"""Logit parity of jaxunlearn.models.Llama with transformers' PyTorch models, in both
+layer layouts (scanned and unrolled), and what the layouts must share."""
+
+import json
 
 import numpy as np
 import pytest
@@ -63,11 +66,15 @@ def _hf_logits(model, ids, mask):
     return out.logits.numpy()
 
 
+LAYOUTS = pytest.mark.parametrize("scan", [True, False], ids=["scanned", "unrolled"])
+
+
+@LAYOUTS
 @pytest.mark.parametrize("kind", sorted(FAMILIES))
-def test_logits_match_transformers(kind, tmp_path):
+def test_logits_match_transformers(kind, scan, tmp_path):
     hf = _hf_model(kind, tmp_path)
-    model, config = load_pretrained(tmp_path / "hf")
-    assert config.model_type == FAMILIES[kind]["model_type"]
+    model, config = load_pretrained(tmp_path / "hf", scan_layers=scan)
+    assert config.model_type == FAMILIES[kind]["model_type"] and config.scan_layers == scan
     ids, mask = _batch(config.vocab_size, np.random.default_rng(0))
     ours = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
     ref = _hf_logits(hf, ids, mask)
@@ -76,10 +83,11 @@ def test_logits_match_transformers(kind, tmp_path):
     assert np.isfinite(ours).all()
 
 
+@LAYOUTS
 @pytest.mark.parametrize("kind", ["llama3-gqa-rope-scaling", "qwen2-qkv-bias"])
-def test_save_roundtrip_through_transformers(kind, tmp_path):
+def test_save_roundtrip_through_transformers(kind, scan, tmp_path):
     _hf_model(kind, tmp_path)
-    model, config = load_pretrained(tmp_path / "hf")
+    model, config = load_pretrained(tmp_path / "hf", scan_layers=scan)
     # Perturb so the saved weights are ours, not a copy of the input files.
     state = nnx.state(model, nnx.Param)
     state = jax.tree.map(lambda x: x + 0.01, state)
@@ -104,9 +112,10 @@ def test_positions_default_counts_real_tokens():
     np.testing.assert_allclose(model(padded, mask)[:, 2:], model(ids), atol=1e-5)
 
 
-def test_kv_cache_decoding_equals_full_recomputation():
+@LAYOUTS
+def test_kv_cache_decoding_equals_full_recomputation(scan):
     config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2,
-                         num_heads=4, num_kv_heads=2)
+                         num_heads=4, num_kv_heads=2, scan_layers=scan)
     model = Llama(config, rngs=nnx.Rngs(1))
     ids = jnp.array([[0, 0, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 9, 10, 11]])
     mask = jnp.array([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
@@ -143,6 +152,9 @@ def test_config_validation_names_field():
     with pytest.raises(ValueError, match="dtype"):
         LlamaConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_layers=1,
                     num_heads=2, num_kv_heads=2, dtype="float8")
+    with pytest.raises(ValueError, match="LlamaConfig.remat must be one of none, full"):
+        LlamaConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_layers=1,
+                    num_heads=2, num_kv_heads=2, remat="sometimes")
 
 
 @pytest.mark.parametrize("blocks", [2, 4])
@@ -169,3 +181,112 @@ def test_causal_query_blocks_equal_one_block_in_value_and_gradient(blocks):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
     with pytest.raises(ValueError, match="causal_blocks=3"):
         _attention(q, k, v, mask, causal_blocks=3)
+
+
+# ------------------------------------------------------------------ scanned and unrolled layers
+
+SMALL = LlamaConfig(vocab_size=53, hidden_size=32, intermediate_size=48, num_layers=3,
+                    num_heads=4, num_kv_heads=2)
+
+
+def test_a_seed_gives_the_same_weights_in_both_layouts_stacked_on_a_layers_axis():
+    scanned = nnx.to_pure_dict(nnx.state(Llama(SMALL, rngs=nnx.Rngs(4))))
+    unrolled = nnx.to_pure_dict(nnx.state(Llama(SMALL.replace(scan_layers=False),
+                                                rngs=nnx.Rngs(4))))
+    L, D, N, K, H, F = 3, 32, 4, 2, 8, 48
+    layers = scanned["layers"]
+    assert layers["attn"]["q"].shape == (L, D, N, H) and layers["attn"]["o"].shape == (L, N, H, D)
+    assert layers["mlp"]["down"].shape == (L, F, D) and layers["input_norm"]["scale"].shape == (L, D)
+    assert sorted(unrolled["layers"]) == [0, 1, 2]
+    for i in range(L):
+        jax.tree.map(lambda s, u: np.testing.assert_array_equal(np.asarray(s)[i], np.asarray(u)),
+                     layers, unrolled["layers"][i])
+    np.testing.assert_array_equal(scanned["embed"], unrolled["embed"])
+    # The stacked axis carries the logical sharding name "layers" first.
+    q = nnx.state(Llama(SMALL, rngs=nnx.Rngs(4)))["layers"]["attn"]["q"]
+    assert q.get_metadata()["out_sharding"] == ("layers", "embed", "heads", "head_dim")
+
+
+def _loss_and_grad(config, params_from, ids, mask, hidden_layer=None):
+    """Value and gradient of a loss reading the logits and (optionally) a hidden layer."""
+    model = Llama(config, rngs=nnx.Rngs(5))
+    graphdef, params = nnx.split(model, nnx.Param)
+    if params_from is not None:
+        params = params_from
+
+    def loss(p):
+        out = nnx.merge(graphdef, p).forward(ids, mask, hidden_layer=hidden_layer)
+        logp = jax.nn.log_softmax(out.logits, axis=-1)
+        value = -jnp.sum(jnp.take_along_axis(logp, ids[..., None], -1)[..., 0] * mask)
+        if hidden_layer is not None:
+            value = value + jnp.sum(jnp.sin(out.hidden) * mask[..., None])
+        return value
+
+    return jax.jit(jax.value_and_grad(loss))(params), params
+
+
+def _stack(unrolled_params):
+    """The unrolled layout's parameters in the scanned layout (layer i -> row i)."""
+    pure = nnx.to_pure_dict(unrolled_params)
+    layers = [pure["layers"][i] for i in sorted(pure["layers"])]
+    return {**pure, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+@pytest.mark.parametrize("remat", ["none", "full", "dots_saveable"])
+def test_scanned_equals_unrolled_in_value_and_gradient_for_every_remat_policy(remat):
+    rng = np.random.default_rng(6)
+    ids = jnp.asarray(rng.integers(0, 53, (2, 9)), jnp.int32)
+    mask = jnp.asarray([[1] * 9, [0, 0] + [1] * 7], jnp.float32)
+    (v0, g0), _ = _loss_and_grad(SMALL.replace(scan_layers=False), None, ids, mask, hidden_layer=1)
+    (v1, g1), _ = _loss_and_grad(SMALL.replace(remat=remat), None, ids, mask, hidden_layer=1)
+    np.testing.assert_allclose(float(v1), float(v0), rtol=1e-6)
+    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g0))
+    for a, b in zip(jax.tree.leaves(_stack(g0)), jax.tree.leaves(nnx.to_pure_dict(g1))):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5 * scale, rtol=0)
+
+
+def test_hidden_layer_is_the_residual_stream_after_that_block():
+    ids = jnp.arange(14).reshape(2, 7) % 53
+    unrolled = Llama(SMALL.replace(scan_layers=False), rngs=nnx.Rngs(7))
+    scanned = Llama(SMALL, rngs=nnx.Rngs(7))
+    # Reference: the unrolled blocks run by hand up to block 1.
+    x = jnp.take(unrolled.embed[...], ids, axis=0)
+    positions = jnp.broadcast_to(jnp.arange(7), (2, 7))
+    key_mask = jnp.broadcast_to(jnp.tril(jnp.ones((7, 7), bool)), (2, 7, 7))
+    from jaxunlearn.models.llama import rope_frequencies
+
+    for block in list(unrolled.layers)[:2]:
+        x, _ = block(x, positions, key_mask, rope_frequencies(SMALL))
+    got = scanned.forward(ids, hidden_layer=1).hidden
+    np.testing.assert_allclose(np.asarray(got), np.asarray(x), atol=1e-5)
+    assert scanned.forward(ids).hidden is None
+    with pytest.raises(ValueError, match=r"hidden_layer must be in \[0, 3\)"):
+        scanned.forward(ids, hidden_layer=3)
+
+
+def _program_size(num_layers, scan):
+    """Matrix products in the lowered (StableHLO) gradient program at a depth."""
+    config = SMALL.replace(num_layers=num_layers, scan_layers=scan)
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))), nnx.Param)
+    ids = jax.ShapeDtypeStruct((2, 8), jnp.int32)
+    grad = jax.jit(jax.grad(lambda p, x: nnx.merge(graphdef, p)(x).sum()))
+    return grad.lower(params, ids).as_text().count("stablehlo.dot_general")
+
+
+def test_scanned_program_size_does_not_grow_with_depth():
+    assert _program_size(16, True) == _program_size(2, True) > 0
+    assert _program_size(16, False) > 4 * _program_size(2, False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_load_then_save_reproduces_the_checkpoint_bit_for_bit_in_both_layouts(dtype, tmp_path):
+    _hf_model("qwen2-qkv-bias", tmp_path)
+    model, config = load_pretrained(tmp_path / "hf", param_dtype=dtype)
+    save_pretrained(model, config, tmp_path / "a")
+    first = (tmp_path / "a" / "model.safetensors").read_bytes()
+    for scan in (True, False):
+        again, again_config = load_pretrained(tmp_path / "a", scan_layers=scan, param_dtype=dtype)
+        save_pretrained(again, again_config, tmp_path / f"b{scan}")
+        assert (tmp_path / f"b{scan}" / "model.safetensors").read_bytes() == first
+        assert json.loads((tmp_path / f"b{scan}" / "config.json").read_text()) == \
+            json.loads((tmp_path / "a" / "config.json").read_text())

@@ -536,3 +536,119 @@ def test_bad_input_raises_naming_the_field(call, field):
     logits, labels, mask = make_batch(44, garbage=1.0)
     with pytest.raises(L.LossInputError, match=rf"\b{field}\b"):
         call(logits, labels, mask)
+
+
+# ---------------------------------------------------------------------------- per-example forms
+
+
+def np_per_token(fn, mask):
+    """``[B, T]`` of ``fn(b, t)`` on masked positions, 0 elsewhere."""
+    out = np.zeros(mask.shape)
+    for b, t in masked_positions(mask):
+        out[b, t] = fn(b, t)
+    return out
+
+
+def test_per_token_forms_match_numpy_and_are_zero_off_the_mask():
+    """Each ``*_per_token`` against a NumPy value per masked position; garbage (1e4,
+    inf, NaN) logits off the mask give exactly 0 there."""
+    logits, labels, mask = make_batch(21)
+    other, _, _ = make_batch(22)
+    logits[0, 0, :] = np.nan  # a masked position
+    logits[2, 4, 3] = np.inf
+    act = np.random.default_rng(23).normal(size=(B, T, D)).astype(np.float32)
+    ref_act = np.random.default_rng(24).normal(size=(B, T, D)).astype(np.float32)
+    control = np.random.default_rng(25).normal(size=D).astype(np.float32)
+
+    def ce(b, t):
+        return -np_log_softmax(logits[b, t])[labels[b, t]]
+
+    cases = {
+        "forward_kl": (L.forward_kl_per_token(logits, other, mask),
+                       np_per_token(lambda b, t: np_kl(other[b, t], logits[b, t]), mask)),
+        "reverse_kl": (L.reverse_kl_per_token(logits, other, mask),
+                       np_per_token(lambda b, t: np_kl(logits[b, t], other[b, t]), mask)),
+        "undial": (L.undial_per_token(logits, other, labels, mask, 2.0),
+                   np_per_token(lambda b, t: -float(np.sum(
+                       np_undial_target(other[b, t], labels[b, t], 2.0)
+                       * np_log_softmax(logits[b, t]))), mask)),
+        "wga": (L.wga_per_token(logits, labels, mask, 0.5),
+                np_per_token(lambda b, t: -np.exp(-ce(b, t)) ** 0.5 * ce(b, t), mask)),
+        "rmu_forget": (L.rmu_forget_per_token(act, control, mask),
+                       np_per_token(lambda b, t: np.mean((act[b, t].astype(np.float64)
+                                                          - control) ** 2), mask)),
+        "rmu_retain": (L.rmu_retain_per_token(act, ref_act, mask),
+                       np_per_token(lambda b, t: np.mean((act[b, t].astype(np.float64)
+                                                          - ref_act[b, t]) ** 2), mask)),
+    }
+    for name, (got, want) in cases.items():
+        got = np.asarray(got)
+        assert got.shape == (B, T), name
+        assert np.all(got[mask == 0] == 0.0), name
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("beta", [0.1, 2.0])
+def test_per_sequence_forms_match_numpy(beta):
+    rng = np.random.default_rng(26)
+    lp, ref, lp2, ref2 = (rng.normal(-20.0, 8.0, size=5) for _ in range(4))
+    n = np.array([3.0, 7.0, 1.0, 12.0, 0.0])  # the last: no tokens, guarded by max(|y|, 1)
+    np.testing.assert_allclose(L.npo_per_sequence(lp, ref, beta),
+                               -(2 / beta) * np_log_sigmoid(-beta * (lp - ref)), rtol=1e-5)
+    np.testing.assert_allclose(L.simnpo_per_sequence(lp, n, beta, 0.3),
+                               -(2 / beta) * np_log_sigmoid(beta * (-lp / np.maximum(n, 1) - 0.3)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(L.dpo_per_sequence(lp, lp2, ref, ref2, beta),
+                               -(2 / beta) * np_log_sigmoid(beta * ((lp - ref) - (lp2 - ref2))),
+                               rtol=1e-5)
+
+
+def test_mean_parts_of_disjoint_parts_add_up_to_the_whole():
+    """(sum, count) of two micro-batches of unequal token counts give the whole batch's
+    token mean; the mean of their means does not."""
+    logits, labels, mask = make_batch(27)
+    per_token = np.asarray(L.forward_kl_per_token(logits, make_batch(28)[0], mask))
+    whole = L.mean_parts(per_token, mask)
+    first, rest = L.mean_parts(per_token[:1], mask[:1]), L.mean_parts(per_token[1:], mask[1:])
+    added = L.Mean(first.total + rest.total, first.count + rest.count)
+    want = (per_token * mask).sum() / mask.sum()  # NumPy
+    np.testing.assert_allclose(float(whole.value()), want, rtol=1e-6)
+    np.testing.assert_allclose(float(added.value()), want, rtol=1e-6)
+    assert float(whole.count) == mask.sum() == 10.0
+    assert abs((float(first.value()) + float(rest.value())) / 2 - want) > 1e-3
+    # weights: sum w v / sum w, zero weights never read (NaN there), no gradient to them
+    v = jnp.array([1.0, jnp.nan, 3.0])
+    w = jnp.array([2.0, 0.0, 1.0])
+    np.testing.assert_allclose(float(L.mean_parts(v, w).value()), 5.0 / 3.0, rtol=1e-6)
+    g = jax.grad(lambda x: L.mean_parts(x, w).total)(jnp.array([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(np.asarray(g), [2.0, 0.0, 1.0])
+    assert float(L.mean_parts(jnp.zeros(3), jnp.zeros(3)).value()) == 0.0
+    with pytest.raises(L.LossInputError, match="weights"):
+        L.mean_parts(jnp.zeros(3), jnp.zeros(4))
+
+
+def test_per_example_gradients_in_float64():
+    """Finite differences of weighted sums of the per-example forms (WGA's weight is
+    stop-gradient'ed, which finite differences do not honour: its gradient is checked
+    against torch above through ``wga``)."""
+    with jax.enable_x64(True):
+        logits, labels, mask = make_batch(29, garbage=3.0)
+        other, _, _ = make_batch(30, garbage=3.0)
+        lg, oth = jnp.asarray(logits, jnp.float64), jnp.asarray(other, jnp.float64)
+        lab, msk = jnp.asarray(labels), jnp.asarray(mask, jnp.float64)
+        coef = jnp.arange(B * T, dtype=jnp.float64).reshape(B, T)
+        kw = dict(order=2, modes=("rev",), eps=1e-4, atol=1e-5, rtol=1e-5)
+        for fn in (lambda z: L.forward_kl_per_token(z, oth, msk),
+                   lambda z: L.reverse_kl_per_token(z, oth, msk),
+                   lambda z: L.undial_per_token(z, oth, lab, msk, 1.5)):
+            check_grads(lambda z, f=fn: jnp.sum(f(z) * coef), (lg,), **kw)
+        act = jnp.asarray(np.random.default_rng(33).normal(size=(B, T, D)))
+        check_grads(lambda a: jnp.sum(L.rmu_forget_per_token(a, jnp.ones(D), msk) * coef),
+                    (act,), **kw)
+        x, y = jnp.array([-3.0, -7.5, -1.0]), jnp.array([-2.0, -9.0, -1.5])
+        w = jnp.array([0.5, 2.0, 1.0])
+        check_grads(lambda a: jnp.sum(L.npo_per_sequence(a, y, 0.7) * w), (x,), **kw)
+        check_grads(lambda a: jnp.sum(L.simnpo_per_sequence(a, jnp.array([2.0, 4.0, 1.0]), 2.0,
+                                                            0.2) * w), (x,), **kw)
+        check_grads(lambda a, b: jnp.sum(L.dpo_per_sequence(a, b, y, x + 1.0, 0.3) * w), (x, y),
+                    **kw)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from jaxunlearn import losses
 from jaxunlearn.eval import mia
 
 B, T, V = 5, 9, 11
@@ -42,10 +43,10 @@ def _np_min_k(lp, k):
     return float(np.mean(np.sort(lp)[:num_k]))
 
 
-def test_token_logprobs_and_loss_score():
+def test_loss_score_of_token_logprobs():
     logits, labels, mask = _inputs()
     ref = _np_token_logp(logits, labels)
-    np.testing.assert_allclose(mia.token_logprobs(logits, labels), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(losses.token_logprobs(logits, labels), ref, rtol=1e-5, atol=1e-5)
     got = mia.loss_score(jnp.asarray(ref), mask)
     for b, n in enumerate(LENGTHS):
         if n == 0:
@@ -56,7 +57,7 @@ def test_token_logprobs_and_loss_score():
 
 def test_masking_equals_slicing():
     logits, labels, mask = _inputs(1)
-    lp = mia.token_logprobs(logits, labels)
+    lp = losses.token_logprobs(logits, labels)
     # Garbage at masked positions (even -inf) must not change any score.
     poisoned = jnp.where(mask > 0, lp, -jnp.inf)
     for fn in (mia.loss_score, mia.min_k_score):
@@ -71,7 +72,7 @@ def test_masking_equals_slicing():
 def test_min_k_vs_numpy(k):
     logits, labels, mask = _inputs(2)
     ref_lp = _np_token_logp(logits, labels)
-    got = mia.min_k_score(mia.token_logprobs(logits, labels), mask, k=k)
+    got = mia.min_k_score(losses.token_logprobs(logits, labels), mask, k=k)
     want = [_np_min_k(ref_lp[b, T - n:], k) for b, n in enumerate(LENGTHS)]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -120,7 +121,7 @@ def test_min_k_plus_plus_ignores_masked_vocabulary():
 
 def test_jit_equals_no_jit():
     logits, labels, mask = _inputs(5)
-    lp = mia.token_logprobs(logits, labels)
+    lp = losses.token_logprobs(logits, labels)
     pp = jax.jit(mia.min_k_plus_plus_score, static_argnames="k")
     np.testing.assert_allclose(pp(logits, labels, mask, k=0.4),
                                mia.min_k_plus_plus_score(logits, labels, mask), rtol=1e-6)
@@ -133,7 +134,7 @@ def test_jit_equals_no_jit():
 
 def test_zlib_and_reference_scores():
     logits, labels, mask = _inputs(6)
-    lp = mia.token_logprobs(logits, labels)
+    lp = losses.token_logprobs(logits, labels)
     texts = ["", "Paris", "a" * 200, "The author was born in 1987.", "12 May"]
     got = mia.zlib_score(lp, mask, texts)
     loss = _np_token_logp(logits, labels)

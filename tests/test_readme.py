@@ -1,5 +1,6 @@
 """The README's "new loss in ten lines" snippet runs and composes as it says."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from flax import nnx
 from jaxunlearn import losses, methods
 from jaxunlearn.data.batch import Batch
 from jaxunlearn.models import Llama, LlamaConfig
+from jaxunlearn.train.step import objective_value
 
 
 def _snippet() -> str:
@@ -34,7 +36,13 @@ def test_readme_method_snippet_registers_and_composes():
     ref = (logp + np.array([0.3, -0.7])).astype(np.float32)
     _, params = nnx.split(model, nnx.Param)
     outputs = {"answer": methods.forward(nnx.graphdef(model), params, b)}
-    got = method.forget_term(outputs, {"answer": b}, {"ref_logp": {"answer": ref}})
-    # Independent: -(1/beta) * mean(log sigmoid(-beta * (logp - ref))) with beta = 1.
-    want = -np.mean(np.log(1.0 / (1.0 + np.exp(logp - ref.astype(np.float64)))))
-    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    cache = {"ref_logp": {"answer": ref}, "weight": np.ones(2, np.float32)}
+    per_answer = method.forget_term(outputs, {"answer": b}, cache)
+    # Independent: -(1/beta) * log sigmoid(-beta * (logp - ref)) with beta = 1, per answer.
+    want = -np.log(1.0 / (1.0 + np.exp(logp - ref.astype(np.float64))))
+    np.testing.assert_allclose(np.asarray(per_answer), want, rtol=1e-5)
+    # ... and the objective the loop minimises averages them (alpha = 0: no retain term).
+    objective = dataclasses.replace(method, alpha=0.0).objective(nnx.graphdef(model), config)
+    loss, _ = objective_value(objective, params, {"forget": {"answer": b}, "retain": b,
+                                                  "cache": cache})
+    np.testing.assert_allclose(float(loss), want.mean(), rtol=1e-5)

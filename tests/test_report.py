@@ -140,7 +140,7 @@ def test_env_info_records_versions_devices_and_mesh():
     assert {"flax", "optax", "transformers", "jaxunlearn", "python"} <= set(env["versions"])
     assert env["devices"]["count"] == len(jax.devices())
     assert env["devices"]["platform"] == jax.devices()[0].platform
-    assert env["mesh"] == {"data": 2, "fsdp": 4}
+    assert env["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
     assert report.env_info(None)["mesh"] is None
 
 

@@ -83,6 +83,18 @@ def _require_str(value, field: str) -> None:
         raise DataError(f"{field}: expected a non-empty string, got {value!r:.60}")
 
 
+def pad_id(tokenizer) -> int:
+    """The id rows are padded with: the tokenizer's pad token, else its eos token.
+
+    Raises:
+      DataError: when the tokenizer has neither.
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise DataError("tokenizer: has neither a pad nor an eos token to pad with")
+    return int(pad)
+
+
 def _eos_id(tokenizer) -> int:
     if tokenizer.eos_token_id is None:
         raise DataError("tokenizer: has no eos token (needed to end answers and documents)")
@@ -249,37 +261,50 @@ def _check_batching(encoded: Sequence[Encoded], batch_size: int) -> None:
         raise DataError("encoded: no sequences to batch")
 
 
+def epoch_rows(num_items: int, batch_size: int, *, seed: int, epoch: int,
+               drop_remainder: bool = False) -> np.ndarray:
+    """Which items each batch of one epoch holds: ``[steps_per_epoch, batch_size]`` indices.
+
+    The order is ``np.random.default_rng([seed, epoch]).permutation(N)``: the same for
+    the same pair, different across epochs. Unless ``drop_remainder``, the last batch is
+    filled by wrapping around to the start of this epoch's order, so every batch has
+    ``batch_size`` real rows (static shapes, no empty rows in a loss). The one row order
+    of every training and unlearning loop.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    for name, value in (("seed", seed), ("epoch", epoch)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise DataError(f"{name}: expected a non-negative integer, got {value!r}")
+    steps = steps_per_epoch(num_items, batch_size, drop_remainder=drop_remainder)
+    if steps == 0:
+        raise DataError(f"batch_size: {batch_size} is larger than the {num_items} sequences "
+                        "and drop_remainder=True leaves no batch")
+    order = np.random.default_rng([int(seed), int(epoch)]).permutation(num_items)
+    # np.resize repeats cyclically (the wrap-around) or truncates (drop_remainder).
+    return np.resize(order, steps * batch_size).reshape(steps, batch_size)
+
+
 def iterate_batches(encoded: Sequence[Encoded], batch_size: int, *, seed: int, epoch: int,
                     pad_id: int, drop_remainder: bool = False, seq_len: int | None = None,
                     buckets: Sequence[int] = DEFAULT_BUCKETS) -> Iterator[Batch]:
-    """Training batches of one epoch, shuffled by ``(seed, epoch)``, every one full.
+    """Training batches of one epoch, in :func:`epoch_rows` order, every one full.
 
-    The order is ``np.random.default_rng([seed, epoch]).permutation(N)``: the same
-    for the same pair, different across epochs. Unless ``drop_remainder``, the last
-    batch is filled by wrapping around to the start of this epoch's order, so every
-    batch has ``batch_size`` real rows (static shapes, no empty rows in a loss).
     Each batch is padded to ``seq_len`` or, if None, to the bucket of its longest row.
 
     Yields:
       :class:`Batch` of ``[batch_size, T]`` arrays, :func:`steps_per_epoch` of them.
     """
     _check_batching(encoded, batch_size)
-    for name, value in (("seed", seed), ("epoch", epoch)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise DataError(f"{name}: expected a non-negative integer, got {value!r}")
-    steps = steps_per_epoch(len(encoded), batch_size, drop_remainder=drop_remainder)
-    if steps == 0:
-        raise DataError(f"batch_size: {batch_size} is larger than the {len(encoded)} sequences "
-                        "and drop_remainder=True leaves no batch")
-    order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(encoded))
-    order = np.resize(order, steps * batch_size)  # np.resize repeats cyclically: the wrap-around
+    rows = epoch_rows(len(encoded), batch_size, seed=seed, epoch=epoch,
+                      drop_remainder=drop_remainder)
 
     def batches() -> Iterator[Batch]:
-        for k in range(steps):
-            rows = [encoded[j] for j in order[k * batch_size:(k + 1) * batch_size]]
-            longest = max(e.length for e in rows)
+        for idx in rows:
+            chunk = [encoded[j] for j in idx]
+            longest = max(e.length for e in chunk)
             t = seq_len if seq_len is not None else bucket_length(longest, buckets)
-            yield collate(rows, t, pad_id)
+            yield collate(chunk, t, pad_id)
 
     return batches()
 

@@ -45,8 +45,20 @@ def retain_split_of(forget: str) -> str | None:
 
 
 # --- field checks
+def check_unicode(v: str) -> str | None:
+    """A lone surrogate (JSON ``"\\ud800"``) is not text: tokenizers and UTF-8 writers fail on it."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"contains an unpaired surrogate {v[e.start]!r} at character {e.start} "
+                "(not valid Unicode text)")
+    return None
+
+
 def check_str(v: Any) -> str | None:
-    return None if isinstance(v, str) else f"expected a string, got {type(v).__name__}"
+    if not isinstance(v, str):
+        return f"expected a string, got {type(v).__name__}"
+    return check_unicode(v)
 
 
 def check_int(v: Any) -> str | None:
@@ -64,6 +76,8 @@ def check_str_list(*, nonempty: bool) -> FieldCheck:
         for i, item in enumerate(v):
             if not isinstance(item, str) or not item.strip():
                 return f"item {i} must be a non-empty string, got {item!r:.40}"
+            if (problem := check_unicode(item)) is not None:
+                return f"item {i} {problem}"
         return None
 
     return check

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -242,13 +243,17 @@ def check_disjoint(forget: Sequence[Mapping], retain: Sequence[Mapping], *,
                    names: tuple[str, str] = ("forget", "retain")) -> None:
     """Raise :class:`DataError` when the two splits share a question, person_id or name.
 
-    Questions compare after stripping whitespace; ``person_id`` -1 (world facts) and
-    empty names are ignored. Record numbers in the message are 1-based.
+    Questions and names compare in Unicode normal form NFC after stripping whitespace
+    (``"Zoë"`` typed as ``e`` + combining diaeresis is the same name); ``person_id`` -1
+    (world facts) and empty names are ignored. Record numbers in the message are 1-based.
     """
+    def text(value) -> str | None:
+        return unicodedata.normalize("NFC", value).strip() or None if value else None
+
     keys = (
-        ("question", lambda r: r.get("question", "").strip() or None),
+        ("question", lambda r: text(r.get("question", ""))),
         ("person_id", lambda r: r.get("person_id") if r.get("person_id", -1) != -1 else None),
-        ("name", lambda r: r.get("name") or None),
+        ("name", lambda r: text(r.get("name"))),
     )
     for field, key in keys:
         seen = {}

@@ -19,24 +19,22 @@ Both report each forget metric (``ForgetScores.KEYS``) before and after, as an
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from jaxunlearn import losses
-from jaxunlearn.data.batch import bucket_length, encode_qa, iterate_batches
+from jaxunlearn.data.batch import bucket_length, encode_qa, iterate_batches, pad_id, \
+    steps_per_epoch
 from jaxunlearn.errors import UserError
-from jaxunlearn.eval.scoring import _pad_id
 from jaxunlearn.eval.inputs import benchmark_splits, subset
 from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.eval.results import AttackResult, BeforeAfter, ForgetScores
 from jaxunlearn.eval.suite import evaluate_forget
 from jaxunlearn.models.io import hf_tensors_from_model, model_from_hf_tensors
+from jaxunlearn.train.finetune import nll_finetune
+from jaxunlearn.train.loop import BatchSource
+from jaxunlearn.train.step import OptimizerConfig
 
 
 # ----------------------------------------------------------------------------- quantisation
@@ -162,45 +160,26 @@ def recovery_split(records: Sequence[dict], fraction: float, seed: int
     return train, rest
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "learning_rate", "weight_decay"))
-def _nll_step(graphdef, params, opt_state, input_ids, labels, loss_mask, attention_mask, *,
-              learning_rate: float, weight_decay: float):
-    """One AdamW step on the answer-token NLL (``losses.token_nll``)."""
-    optimizer = optax.adamw(learning_rate, weight_decay=weight_decay)
-
-    def loss_fn(p):
-        logits = nnx.merge(graphdef, p)(input_ids, attention_mask)
-        return losses.token_nll(logits, labels, loss_mask)
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-
 def finetune_nll(model, tokenizer, records: Sequence[dict], config: FinetuneRecoveryConfig):
     """A fine-tuned copy of ``model`` (``model`` itself is unchanged) and its losses.
 
-    Plain NLL on answer tokens, AdamW, ``config.steps`` steps of ``config.batch_size``
-    records in ``iterate_batches`` order (seeded, wrapping around), one padded length.
+    Plain NLL on answer tokens (``train.finetune.nll_finetune``), AdamW at a constant rate
+    without clipping, ``config.steps`` steps of ``config.batch_size`` records in
+    ``iterate_batches`` order (seeded, wrapping around), one padded length.
     """
     encoded = [encode_qa(tokenizer, r["question"], r["answer"]) for r in records]
     seq_len = bucket_length(max(e.length for e in encoded))
-    graphdef, state = nnx.split(model)
-    params = jax.tree.map(jnp.copy, state)
-    opt_state = optax.adamw(config.learning_rate, weight_decay=config.weight_decay).init(params)
-    pad, step_losses, epoch = _pad_id(tokenizer), [], 0
-    while len(step_losses) < config.steps:
-        for b in iterate_batches(encoded, config.batch_size, seed=config.seed, epoch=epoch,
-                                 pad_id=pad, seq_len=seq_len):
-            params, opt_state, loss = _nll_step(
-                graphdef, params, opt_state, b.input_ids, b.labels, b.loss_mask,
-                b.attention_mask, learning_rate=float(config.learning_rate),
-                weight_decay=float(config.weight_decay))
-            step_losses.append(float(loss))
-            if len(step_losses) == config.steps:
-                break
-        epoch += 1
-    return nnx.merge(graphdef, params), step_losses
+    pad = pad_id(tokenizer)
+    source = BatchSource(
+        steps_per_epoch=steps_per_epoch(len(encoded), config.batch_size),
+        epoch_batches=lambda epoch: iterate_batches(encoded, config.batch_size, seed=config.seed,
+                                                    epoch=epoch, pad_id=pad, seq_len=seq_len))
+    optimizer = OptimizerConfig(learning_rate=config.learning_rate, schedule="constant",
+                                weight_decay=config.weight_decay, clip_norm=None)
+    graphdef, params = nnx.split(model, nnx.Param)
+    result = nll_finetune(graphdef, params, source, optimizer=optimizer,
+                          total_steps=config.steps, seed=config.seed, desc="re-learning attack")
+    return nnx.merge(graphdef, result.state.params), [h["loss"] for h in result.history]
 
 
 def finetune_recovery_attack(model, tokenizer, records: Sequence[dict], cfg, *,

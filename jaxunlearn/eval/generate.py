@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxunlearn import interrupts
+from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.models.llama import KVCache, Llama
 
 
@@ -99,9 +101,10 @@ def generate_texts(model: Llama, tokenizer, prompts_ids: Sequence[Sequence[int]]
     same shape (one compilation), and the extra rows are dropped.
     """
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = batch_lib.pad_id(tokenizer)
     texts: list[str] = []
     for start in range(0, len(prompts_ids), batch_size):
+        interrupts.check("between generation batches")  # Ctrl-C stops here, never in XLA
         chunk = list(prompts_ids[start:start + batch_size])
         real = len(chunk)
         chunk += [chunk[0]] * (batch_size - real)

@@ -22,7 +22,8 @@ from jaxunlearn.errors import DataError
 from jaxunlearn.eval import metrics
 from jaxunlearn.eval.inputs import need
 from jaxunlearn.eval.options import SuiteConfig
-from jaxunlearn.eval.scoring import SequenceScores, _pad_id, greedy_generate, score_sequences
+from jaxunlearn.data.batch import pad_id
+from jaxunlearn.eval.scoring import SequenceScores, greedy_generate, score_sequences
 
 __all__ = ["SequenceList", "QAPlan", "CanaryPlan", "Measurement", "measure"]
 
@@ -196,11 +197,11 @@ def measure(model, tokenizer, qa: Mapping[str, list[dict]], canaries: list[dict]
     plans = {split: plan_qa(split, records, tokenizer, seqs) for split, records in qa.items()}
     cplan = (plan_canaries(canaries, tokenizer, seqs, options, exposure=exposure)
              if canaries else None)
-    scores = score_sequences(model, seqs.encoded, pad_id=_pad_id(tokenizer),
+    scores = score_sequences(model, seqs.encoded, pad_id=pad_id(tokenizer),
                              batch_size=options.batch_size, k=options.min_k)
     prompts = [p for plan in plans.values() for p in plan.prompts]
     ids = greedy_generate(model, prompts, max_new_tokens=options.max_new_tokens,
-                          eos_id=tokenizer.eos_token_id, pad_id=_pad_id(tokenizer),
+                          eos_id=tokenizer.eos_token_id, pad_id=pad_id(tokenizer),
                           batch_size=options.batch_size)
     generations, generated_ids, start = {}, {}, 0
     for split, plan in plans.items():

@@ -7,9 +7,11 @@ the forget set labelled 0; the two conventions give the same AUC: ``auc(forget,
 holdout)`` here equals open-unlearning's ``mia_*`` ``agg_value``.
 
 Shapes: B sequences, T positions, V vocabulary. ``logits[b, t]`` scores ``labels[b, t]``
-(the batch builder shifts); ``mask`` is float 0/1 on the scored tokens. open-unlearning
-leaves the last answer token (EOS) out of Min-K% and Min-K%++ (``tokenwise_logprobs``
-drops it) but keeps it in LOSS/ZLib/reference; a driver reproduces that through ``mask``.
+(the batch builder shifts); ``mask`` is float 0/1 on the scored tokens. Token
+log-probs come from the model's forward pass (``models.outputs``) or, from logits,
+``losses.token_logprobs``. open-unlearning leaves the last answer token (EOS) out of
+Min-K% and Min-K%++ (``tokenwise_logprobs`` drops it) but keeps it in LOSS/ZLib/reference;
+a driver reproduces that through ``mask``.
 Empty rows (no masked token) give NaN for LOSS-type scores and 0 for Min-K scores, as
 open-unlearning does.
 
@@ -26,17 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def token_logprobs(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """``log softmax(logits)[label]`` per position: ``[B, T, V], [B, T] -> [B, T]``.
-
-    float32 before ``log_softmax`` even for bf16 logits: the normaliser of a large
-    vocabulary loses digits in bf16. Labels outside the vocabulary (padding, -100) are
-    clipped; those positions must be masked out by the caller.
-    """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    idx = jnp.clip(labels, 0, logits.shape[-1] - 1)[..., None]
-    return jnp.take_along_axis(logp, idx, axis=-1)[..., 0]
+from jaxunlearn.losses import token_logprobs
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

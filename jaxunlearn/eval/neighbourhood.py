@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.eval import mia, sequence_memorization
 
 # text, rng -> a neighbour of text (must differ from it)
@@ -204,7 +205,7 @@ def neighbourhood_scores(model, tokenizer, records: Sequence[Mapping], *,
     nbrs = [r for i, rec in enumerate(records) for r in
             neighbour_records(rec, perturber, num_neighbours, np.random.default_rng([seed, i]))]
     seqmem = sequence_memorization
-    kw = dict(pad_id=seqmem.pad_id_of(tokenizer), batch_size=batch_size)
+    kw = dict(pad_id=batch_lib.pad_id(tokenizer), batch_size=batch_size)
     own = seqmem.memorization_scores(
         model, seqmem.encode_targets(tokenizer, records, max_len=max_len, truncate=True), **kw)
     other = seqmem.memorization_scores(

@@ -28,11 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxunlearn.data.batch import Encoded, bucket_length, collate, encode_qa, encode_text
+from jaxunlearn import interrupts
+from jaxunlearn.data import batch as batch_lib
+from jaxunlearn.data.batch import Batch, Encoded, bucket_length, collate, encode_qa, encode_text
 from jaxunlearn.errors import DataError
 from jaxunlearn.eval import mia
 from jaxunlearn.eval.generate import generate, left_pad
 from jaxunlearn.eval.memorization_metrics import greedy_correct
+from jaxunlearn.models.outputs import forward
 
 
 # Padded lengths for scoring: steps of about x1.5 waste at most a third of a batch on
@@ -98,10 +101,13 @@ def _drop_last(mask: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "k"))
 def _score_batch(graphdef, state, input_ids, labels, loss_mask, attention_mask, *, k: float):
-    """One forward pass reduced to ``[B]`` and ``[B, T]`` statistics (see SequenceScores)."""
-    model = nnx.merge(graphdef, state)
-    logits = model(input_ids, attention_mask)  # [B, T, V], stays on device
-    token_logp = mia.token_logprobs(logits, labels)
+    """One forward pass reduced to ``[B]`` and ``[B, T]`` statistics (see SequenceScores).
+
+    The label log-probs are the fused ones every objective trains on (``models.outputs``);
+    the logits ``[B, T, V]`` (greedy hits, Min-K%++) stay on the device.
+    """
+    out = forward(graphdef, state, Batch(input_ids, labels, loss_mask, attention_mask))
+    logits, token_logp = out.logits, out.label_logprobs
     correct = greedy_correct(logits, labels)
     on = loss_mask > 0
     minus_last = _drop_last(loss_mask)
@@ -132,7 +138,7 @@ def score_sequences(model, encoded: Sequence[Encoded], *, pad_id: int, batch_siz
     original order. A sequence's scores do not depend on its batch-mates.
 
     Args:
-      model: a ``Llama`` (any nnx module ``model(ids [B,T], mask [B,T]) -> [B,T,V]``).
+      model: a ``Llama`` (run through ``models.outputs.forward``).
       encoded: N sequences (``encode_qa`` counts answer + eos, ``encode_text`` every
         token after the first).
       pad_id: token id of the padding.
@@ -152,6 +158,7 @@ def score_sequences(model, encoded: Sequence[Encoded], *, pad_id: int, batch_siz
     labels = np.full((n, width), pad_id, np.int32)
     mask = np.zeros((n, width), np.float32)
     for start in range(0, n, batch_size):
+        interrupts.check("between evaluation batches")  # Ctrl-C stops here, never in XLA
         idx = order[start:start + batch_size]
         chunk = [encoded[i] for i in idx]
         t = bucket_length(max(e.length for e in chunk), buckets)
@@ -182,26 +189,19 @@ def score_sequences(model, encoded: Sequence[Encoded], *, pad_id: int, batch_siz
         correct=rows["correct"] & on, mask=mask, labels=labels)
 
 
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise DataError("tokenizer: has neither a pad nor an eos token to pad with")
-    return int(pad)
-
-
 def score_qa(model, tokenizer, questions: Sequence[str], answers: Sequence[str], **kwargs
              ) -> SequenceScores:
     """:func:`score_sequences` of ``(question, answer)`` pairs, answer + eos counted."""
     if len(questions) != len(answers):
         raise DataError(f"answers: {len(answers)} answers for {len(questions)} questions")
     encoded = [encode_qa(tokenizer, q, a) for q, a in zip(questions, answers)]
-    return score_sequences(model, encoded, pad_id=_pad_id(tokenizer), **kwargs)
+    return score_sequences(model, encoded, pad_id=batch_lib.pad_id(tokenizer), **kwargs)
 
 
 def score_texts(model, tokenizer, texts: Sequence[str], **kwargs) -> SequenceScores:
     """:func:`score_sequences` of raw documents (bos + text + eos, all but bos counted)."""
     encoded = [encode_text(tokenizer, t) for t in texts]
-    return score_sequences(model, encoded, pad_id=_pad_id(tokenizer), **kwargs)
+    return score_sequences(model, encoded, pad_id=batch_lib.pad_id(tokenizer), **kwargs)
 
 
 def greedy_generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -225,6 +225,7 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: 
     width = -(-max(len(p) for p in prompts) // prompt_multiple) * prompt_multiple
     out: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(prompts), batch_size):
+        interrupts.check("between generation batches")
         idx = order[start:start + batch_size]
         chunk = [list(prompts[i]) for i in idx]
         chunk += [chunk[0]] * (batch_size - len(chunk))

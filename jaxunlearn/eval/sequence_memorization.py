@@ -1,6 +1,6 @@
 """Per-sequence memorisation of a model over forget sets, and what the averages hide.
 
-Memorisation-aware unlearning (SGA, TAU; ``jaxunlearn.memunlearn``) needs, every epoch,
+Memorisation-aware unlearning (SGA, TAU; ``jaxunlearn.methods.memorization``) needs, every epoch,
 the memorisation accuracy of each forget sequence:
 
 ``MA_n = (1 / |y_n|) sum_t 1[argmax_v p(v | y_<t) = y_t]``  (teacher forcing; Tirumala et
@@ -135,14 +135,6 @@ def encode_targets(tokenizer, records: Sequence[Mapping], *, max_len: int,
         raise DataError(f"{split} split: {e}") from None
     eos = tokenizer.eos_token_id
     return MemTargets(train=train, ma=[drop_final_eos(e, eos) for e in train], kinds=kinds)
-
-
-def pad_id_of(tokenizer) -> int:
-    """The padding id (the eos id when the tokenizer has no pad token)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise DataError("tokenizer: has neither a pad nor an eos token to pad with")
-    return int(pad)
 
 
 class MemScores(NamedTuple):

@@ -5,7 +5,7 @@ product on positions whose outputs nothing reads; an unlearning batch (question 
 answer, padded to a bucket length) is commonly 25-60 % padding, and the LM head is only
 read at the answer tokens. With a :class:`Compaction` the model runs its token-wise
 parts (norms, q/k/v/o projections, MLP, rotary embedding) on the ``C`` real tokens of
-each group only, and ``methods.ModelOutput`` applies the LM head to the loss tokens only.
+each group only, and ``models.outputs.ModelOutput`` applies the LM head to the loss tokens only.
 Attention needs the ``[B, T]`` layout (each row attends within itself), so every layer
 scatters q/k/v back to it and gathers attention's output: memory moves of ``[C, N*H]``,
 no arithmetic. Outputs at the real tokens equal the padded computation's; padding

@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import gguf
 import numpy as np
 
+from jaxunlearn import resources
 from jaxunlearn.errors import GGUFError
+from jaxunlearn.models import limits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -137,6 +139,8 @@ def _read_header(path: str | Path) -> tuple[Path, dict[str, Any], list[_TensorIn
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
+    if path.stat().st_size == 0:  # mmap refuses an empty file
+        raise GGUFError(f"{path}: empty file (0 bytes), not a GGUF file")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         cur = _Cursor(buf, path)
         cur.need(4, "magic")
@@ -350,6 +354,23 @@ def _dequantize(data: np.memmap, t: _TensorInfo) -> np.ndarray:
     return w
 
 
+def _check_sizes(config: dict, meta: dict, n_tensors: int, path: Path) -> None:
+    """Sizes from the metadata, refused before the tensor table they imply is built:
+    every block holds 9 tensors, so a block count above ``n_tensors / 9`` cannot be this
+    file's; then the parameter count against this machine's memory (``models.limits``)."""
+    arch = meta["general.architecture"]
+    blocks = config["num_hidden_layers"]
+    if 9 * blocks > n_tensors:
+        raise GGUFError(f"{path}: {arch}.block_count={blocks} but the file holds {n_tensors} "
+                        f"tensors (each block needs 9)")
+    try:
+        limits.check_hf_config(config, str(path))
+    except resources.ResourceError:
+        raise
+    except ValueError as e:
+        raise GGUFError(str(e)) from None
+
+
 def read_gguf(path: str | Path) -> GGUFCheckpoint:
     """Read a Llama / Qwen2 / Mistral GGUF file as a Hugging Face checkpoint.
 
@@ -367,6 +388,7 @@ def read_gguf(path: str | Path) -> GGUFCheckpoint:
                             f"dequantise (supported: {sorted(q.name for q in SUPPORTED_TYPES)})")
     embed = by_name.get("token_embd.weight")
     config = _hf_config(meta, set(by_name), embed.shape[0] if embed and len(embed.shape) == 2 else None, path)
+    _check_sizes(config, meta, len(infos), path)
     expected = _expected_shapes(config)
     mapped = {}
     for t in infos:

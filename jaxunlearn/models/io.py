@@ -1,16 +1,20 @@
 """Weights in and out: Hugging Face safetensors directories and GGUF files.
 
 The mapping between our parameter tree and Hugging Face tensor names lives here, in
-one table (``_hf_to_ours`` / ``_ours_to_hf``), so loading and saving cannot drift.
+one table (``_name_table`` and ``_layer_rules``: each name's path and both conversions),
+so loading and saving cannot drift. Scanned layers (``LlamaConfig.scan_layers``) are
+stacked on load (``model.layers.{i}.<name>`` -> row ``i`` of one ``[L, ...]`` array) and
+unstacked on save; the files are the same for both layouts.
 Only safetensors and GGUF are read: never pickle, never ``trust_remote_code``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
-import tempfile
+import struct
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -19,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxunlearn import resources, storage
 from jaxunlearn.errors import CheckpointError, ValidationError
-from jaxunlearn.models import gguf
+from jaxunlearn.models import gguf, limits
 from jaxunlearn.models.llama import Llama, LlamaConfig
 from jaxunlearn.validate import path_component
 
@@ -57,16 +62,22 @@ def _layer_rules(config: LlamaConfig) -> list[tuple[str, tuple, Callable, Callab
 
 
 def _name_table(config: LlamaConfig) -> list[tuple[str, tuple, Callable, Callable]]:
-    """Every HF tensor name with our parameter path and the two conversions."""
+    """The HF tensors outside the decoder layers with our parameter path and the two
+    conversions (the layers: ``_layer_rules``)."""
     ident = lambda a: a  # noqa: E731
     table = [("model.embed_tokens.weight", ("embed",), ident, ident),
              ("model.norm.weight", ("final_norm", "scale"), ident, ident)]
     if not config.tie_word_embeddings:
         table.append(("lm_head.weight", ("lm_head",), lambda w: w.T, lambda p: p.T))
-    for i in range(config.num_layers):
-        for suffix, sub, to_ours, to_hf in _layer_rules(config):
-            table.append((f"model.layers.{i}.{suffix}", ("layers", i) + sub, to_ours, to_hf))
     return table
+
+
+def hf_names(config: LlamaConfig) -> list[str]:
+    """Every HF tensor name a checkpoint of ``config`` holds, in a fixed order."""
+    names = [t[0] for t in _name_table(config)]
+    for i in range(config.num_layers):
+        names += [f"model.layers.{i}.{suffix}" for suffix, *_ in _layer_rules(config)]
+    return names
 
 
 def _set_path(tree: dict, path: tuple, value) -> None:
@@ -86,6 +97,9 @@ def model_from_hf_tensors(config: LlamaConfig, get_tensor: Callable[[str], Any],
                           shardings: Any = None) -> Llama:
     """Builds a ``Llama`` from HF-named tensors without random initialisation.
 
+    With ``config.scan_layers`` the layers' tensors are stacked into ``[L, ...]`` arrays
+    (one host array per parameter, filled layer by layer).
+
     Args:
       get_tensor: returns the HF tensor (array-like, HF layout) for a name.
       names: the tensor names available (checked up front against the config).
@@ -93,9 +107,7 @@ def model_from_hf_tensors(config: LlamaConfig, get_tensor: Callable[[str], Any],
       shardings: optional pytree of ``NamedSharding`` matching ``nnx.state(model)``;
         each tensor is placed straight onto its devices.
     """
-    table = _name_table(config)
-    expected = {t[0] for t in table}
-    missing = sorted(expected - names)
+    missing = sorted(set(hf_names(config)) - names)
     if missing:
         raise CheckpointError(f"{source}: checkpoint lacks {len(missing)} tensor(s) the config "
                               f"needs, first {missing[0]!r}")
@@ -104,27 +116,117 @@ def model_from_hf_tensors(config: LlamaConfig, get_tensor: Callable[[str], Any],
     pure: dict = {}
     shapes = nnx.to_pure_dict(state)
     flat_shardings = nnx.to_pure_dict(shardings) if shardings is not None else None
-    for hf_name, path, to_ours, _ in table:
+    dtype = np.dtype(config.weight_dtype)
+
+    def read(hf_name, to_ours, want_shape) -> np.ndarray:
         value = np.asarray(to_ours(np.asarray(get_tensor(hf_name))))
-        want = _get_path(shapes, path)
-        if tuple(value.shape) != tuple(want.shape):
+        if tuple(value.shape) != tuple(want_shape):
             raise CheckpointError(f"{source}: tensor {hf_name!r} has shape {tuple(value.shape)}, "
-                                  f"the config needs {tuple(want.shape)}")
+                                  f"the config needs {tuple(want_shape)}")
+        return value
+
+    def place(path, value: np.ndarray) -> None:
         arr = jnp.asarray(value, dtype=config.weight_dtype)
         if flat_shardings is not None:
             arr = jax.device_put(arr, _get_path(flat_shardings, path))
         _set_path(pure, path, arr)
+
+    for hf_name, path, to_ours, _ in _name_table(config):
+        place(path, read(hf_name, to_ours, _get_path(shapes, path).shape))
+    for suffix, sub, to_ours, _ in _layer_rules(config):
+        if config.scan_layers:
+            path = ("layers",) + sub
+            want = _get_path(shapes, path).shape
+            stacked = np.empty(want, dtype)
+            for i in range(config.num_layers):
+                stacked[i] = read(f"model.layers.{i}.{suffix}", to_ours, want[1:])
+            place(path, stacked)
+        else:
+            for i in range(config.num_layers):
+                path = ("layers", i) + sub
+                place(path, read(f"model.layers.{i}.{suffix}", to_ours,
+                                 _get_path(shapes, path).shape))
     nnx.replace_by_pure_dict(state, pure)
     return nnx.merge(graphdef, state)
 
 
 def hf_tensors_from_model(model: Llama) -> dict[str, np.ndarray]:
-    """HF-named numpy tensors (HF layout) of a model."""
+    """HF-named numpy tensors (HF layout) of a model; scanned layers are unstacked."""
+    config = model.config
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    def host(path) -> np.ndarray:
+        return np.asarray(jax.device_get(_get_path(pure, path)))
+
     out = {}
-    for hf_name, path, _, to_hf in _name_table(model.config):
-        out[hf_name] = np.ascontiguousarray(to_hf(np.asarray(jax.device_get(_get_path(pure, path)))))
+    for hf_name, path, _, to_hf in _name_table(config):
+        out[hf_name] = np.ascontiguousarray(to_hf(host(path)))
+    rules = _layer_rules(config)
+    stacked = {sub: host(("layers",) + sub) for _, sub, _, _ in rules} if config.scan_layers else {}
+    for i in range(config.num_layers):
+        for suffix, sub, _, to_hf in rules:
+            layer = stacked[sub][i] if config.scan_layers else host(("layers", i) + sub)
+            out[f"model.layers.{i}.{suffix}"] = np.ascontiguousarray(to_hf(layer))
     return out
+
+
+# safetensors dtype -> bytes per element; weights must be floating point.
+_SAFETENSORS_FLOATS = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+_SAFETENSORS_OTHER = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2,
+                      "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_MAX_HEADER = 100_000_000  # bytes; the format's own limit
+
+
+def _check_safetensors_file(f: Path) -> None:
+    """Reads the header of safetensors file ``f`` and checks it against the file size.
+
+    Layout: an 8-byte little-endian header length ``n``, ``n`` bytes of JSON
+    ``{name: {"dtype", "shape", "data_offsets": [begin, end]}}``, then the data. Every
+    tensor must be floating point (a header saying ``I32`` for float data loads as
+    garbage), and ``end - begin`` must equal ``prod(shape) * itemsize`` inside the data.
+    """
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{f}: not a readable safetensors file ({size} bytes, "
+                                  "shorter than its header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(_MAX_HEADER, size - 8):
+            raise CheckpointError(f"{f}: not a readable safetensors file (header of {n} bytes "
+                                  f"in a {size}-byte file)")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{f}: not a readable safetensors file (header: {e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{f}: not a readable safetensors file (header is not an object)")
+    data = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{f}: tensor {name!r}: header entry is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype in _SAFETENSORS_OTHER:
+            raise CheckpointError(f"{f}: tensor {name!r} has dtype {dtype}; model weights must "
+                                  f"be floating point ({', '.join(_SAFETENSORS_FLOATS)})")
+        if dtype not in _SAFETENSORS_FLOATS:
+            raise CheckpointError(f"{f}: tensor {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise CheckpointError(f"{f}: tensor {name!r}: shape {shape!r} is not a list of "
+                                  "sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(
+                isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data):
+            raise CheckpointError(f"{f}: not a readable safetensors file (tensor {name!r}: "
+                                  f"data_offsets {offsets!r} lie outside the {data}-byte data "
+                                  "section; truncated or corrupted)")
+        want = math.prod(shape) * _SAFETENSORS_FLOATS[dtype]
+        if offsets[1] - offsets[0] != want:
+            raise CheckpointError(f"{f}: tensor {name!r} is {dtype}{shape} ({want} bytes) but "
+                                  f"its data holds {offsets[1] - offsets[0]} bytes")
 
 
 def _read_safetensors_dir(path: Path) -> tuple[Callable[[str], Any], set[str], list]:
@@ -158,6 +260,7 @@ def _read_safetensors_dir(path: Path) -> tuple[Callable[[str], Any], set[str], l
         f = path / name
         if not f.exists():
             raise CheckpointError(f"{f}: shard listed in the index is missing")
+        _check_safetensors_file(f)
         try:
             handles[name] = safe_open(str(f), framework="flax")
         except Exception as e:  # safetensors raises its own error types
@@ -193,16 +296,31 @@ def _config_from_hf(hf: dict, overrides: dict, source: Path) -> LlamaConfig:
         raise CheckpointError(f"{source}: {msg}") from None
 
 
+def check_hf_config(hf: Mapping[str, Any], source: str | os.PathLike) -> None:
+    """``models.limits.check_hf_config`` with malformed sizes as a ``CheckpointError``:
+    refuses absurd or non-finite metadata before any tensor is read or allocated."""
+    try:
+        limits.check_hf_config(hf, str(source))
+    except resources.ResourceError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
 def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
-                    param_dtype: str | None = None, shardings: Any = None
+                    param_dtype: str | None = None, scan_layers: bool | None = None,
+                    remat: str | None = None, shardings: Any = None
                     ) -> tuple[Llama, LlamaConfig]:
     """Loads ``(model, config)`` from an HF directory (config.json + safetensors) or a ``.gguf``.
 
     ``path`` may also name a bundled model (``smollm2-135m``). ``dtype``/``param_dtype``
-    override the compute and storage dtypes.
+    override the compute and storage dtypes, ``scan_layers``/``remat`` the layer layout
+    and rematerialisation (``LlamaConfig``; None keeps its defaults).
     """
     path = resolve_model_path(path)
-    overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v}
+    overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype),
+                                   ("scan_layers", scan_layers), ("remat", remat))
+                 if v is not None}
     if not path.exists():
         raise CheckpointError(f"{path}: model path does not exist")
     if path.suffix == ".gguf":
@@ -224,58 +342,57 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
         raise CheckpointError(f"{cfg_file}: malformed JSON ({e})") from None
     if not isinstance(hf, dict):
         raise CheckpointError(f"{cfg_file}: expected a JSON object")
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads"):
-        if key not in hf:
-            raise CheckpointError(f"{cfg_file}: missing field {key!r}")
+    check_hf_config(hf, cfg_file)
     config = _config_from_hf(hf, overrides, cfg_file)
     get, names, _ = _read_safetensors_dir(path)
     model = model_from_hf_tensors(config, get, names, source=str(path), shardings=shardings)
     return model, config
 
 
-def _atomic_dir(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-
-
-def _commit_dir(tmp: Path, final: Path) -> None:
-    """Renames ``tmp`` over ``final``: a reader sees the old or the new directory, never half."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, final)
-
-
 def save_pretrained(model: Llama, config: LlamaConfig, path: str | os.PathLike, *,
-                    tokenizer=None) -> Path:
+                    tokenizer=None, extra_json: Mapping[str, Any] | None = None,
+                    field: str = "output") -> Path:
     """Writes an HF directory (config.json + model.safetensors) that
     ``transformers.AutoModelForCausalLM.from_pretrained`` loads as the same model.
 
-    Written to a temporary directory and renamed, so a killed save leaves no partial
-    checkpoint. Refuses non-finite weights.
+    Everything (the tokenizer and ``extra_json``, ``{file name: object}`` such as
+    ``unlearn.json``, included) is written into a staging directory that is renamed
+    into place last (``storage.commit_dir``), so a killed or interrupted save leaves the
+    old directory or the complete new one. ``path`` must be absent, empty, or a
+    directory saved here before: a foreign directory, a file or a link is refused
+    (naming ``field``) before any work. Refuses non-finite weights, and a file system
+    without room for the weights.
     """
     from safetensors.numpy import save_file
 
-    final = Path(path)
+    final = storage.check_dir_target(Path(path), field)
+    for name in extra_json or {}:
+        path_component(name, "extra_json")
     tensors = hf_tensors_from_model(model)
     for name, t in tensors.items():
         if not np.all(np.isfinite(t.astype(np.float32))):
             raise CheckpointError(f"{final}: refusing to save non-finite weights ({name})")
-    tmp = _atomic_dir(final)
+    nbytes = sum(t.size for t in tensors.values()) * (
+        2 if config.param_dtype == "bfloat16" else 4)
+    resources.check_fits(nbytes + (1 << 20), resources.free_disk(final.parent),
+                         subject=f"{field}: writing {final}", estimate="disk for the weights",
+                         where="the free space of its file system")
+    tmp = storage.staging_dir(final)
     try:
         hf = config.to_hf()
         if config.param_dtype == "bfloat16":
             # safetensors.numpy knows ml_dtypes' bfloat16 as BF16.
             tensors = {k: v.astype(jnp.bfloat16) for k, v in tensors.items()}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
+        # NaN in config.json would be invalid JSON (and a different model as null).
+        (tmp / "config.json").write_text(
+            storage.json_text(hf, indent=2, sort_keys=True, nonfinite="error"), encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        _commit_dir(tmp, final)
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(storage.json_text(obj, indent=2, sort_keys=True),
+                                    encoding="utf-8")
+        storage.commit_dir(tmp, final, field=field)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -7,6 +7,15 @@ Axis legend used in einsums and docstrings:
 The math follows Hugging Face ``transformers``' ``LlamaForCausalLM`` exactly (RoPE in
 the "rotate half" layout, RMSNorm computed in float32, SwiGLU MLP), so logits agree
 with the PyTorch model to float32 precision; ``tests/test_llama.py`` proves it.
+
+Layers (``LlamaConfig.scan_layers``, default on) are one stacked ``Block`` whose
+parameters carry a leading ``[L]`` axis (logical name ``layers``), run by one
+``jax.lax.scan``: the compiled program holds one block whatever the depth, so compile
+time and program size do not grow with it (as levanter's ``Stacked`` and MaxText's
+``scan_layers``). ``scan_layers=False`` keeps ``L`` separate blocks in an unrolled loop.
+Parameter paths: ``layers/attn/q`` is ``[L, D, N, H]`` scanned, ``layers/<i>/attn/q``
+``[D, N, H]`` unrolled; both layouts compute the same function and a seed gives the
+same weights in both.
 """
 
 from __future__ import annotations
@@ -22,9 +31,15 @@ from flax import nnx
 from jaxunlearn.models import compact
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-# What a rematerialised block may keep from its forward pass (jax.checkpoint_policies).
-REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable",
-                  "everything_saveable")
+# ``LlamaConfig.remat``: what each block keeps from its forward pass for the backward
+# pass (a jax.checkpoint policy); everything else is recomputed. None: no remat.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # the block's input only
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # and every matmul output
+    # and the weight matmuls' outputs, not attention's batched products
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 ATTENTION_IMPLS = ("xla", "cudnn")
 
 
@@ -43,10 +58,12 @@ class LlamaConfig:
     """Architecture of a Llama-family decoder.
 
     ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype of the weights.
-    ``remat=True`` recomputes each block in the backward pass, keeping what
-    ``remat_policy`` allows (``nothing_saveable``: only the block inputs, the least
-    memory; ``dots_with_no_batch_dims_saveable``: also the weight matmuls' outputs, so
-    only attention and elementwise ops are recomputed). ``attention_impl="cudnn"`` uses
+    ``scan_layers`` runs the layers as one scanned, stacked block (see the module
+    docstring). ``remat`` recomputes each block in the backward pass, keeping what its
+    policy allows (``REMAT_POLICIES``): ``none`` keeps every activation; ``full`` only
+    each block's input, the least memory; ``dots_saveable`` also every matmul output;
+    ``dots_with_no_batch_dims_saveable`` the weight matmuls' outputs but not attention's
+    scores, so only attention and elementwise ops are recomputed. ``attention_impl="cudnn"`` uses
     ``jax.nn.dot_product_attention``'s cuDNN flash kernel (GPU, bf16/fp16 only) for full
     sequences; ``"xla"`` is the portable einsum implementation.
     """
@@ -70,8 +87,8 @@ class LlamaConfig:
     pad_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False
-    remat_policy: str = "nothing_saveable"
+    scan_layers: bool = True
+    remat: str = "none"
     attention_impl: str = "xla"
 
     def __post_init__(self):
@@ -93,9 +110,9 @@ class LlamaConfig:
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"LlamaConfig.{name} must be one of {sorted(_DTYPES)}, "
                                  f"got {getattr(self, name)!r}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"LlamaConfig.remat_policy must be one of {REMAT_POLICIES}, "
-                             f"got {self.remat_policy!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"LlamaConfig.remat must be one of {', '.join(REMAT_POLICIES)}, "
+                             f"got {self.remat!r}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"LlamaConfig.attention_impl must be one of {ATTENTION_IMPLS}, "
                              f"got {self.attention_impl!r}")
@@ -210,18 +227,18 @@ class LlamaConfig:
 class KVCache(NamedTuple):
     """Keys and values of every layer for incremental decoding.
 
-    keys/values: one ``[B, S, K, H]`` array per layer; ``index``: int32 scalar, the
+    keys/values: ``[L, B, S, K, H]`` (both layer layouts); ``index``: int32 scalar, the
     slot where the next token is written (shared by the batch: prompts are left padded).
     """
 
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
+    keys: jax.Array
+    values: jax.Array
     index: jax.Array
 
     @classmethod
     def init(cls, config: LlamaConfig, batch: int, length: int) -> "KVCache":
-        shape = (batch, length, config.num_kv_heads, config.resolved_head_dim)
-        zeros = tuple(jnp.zeros(shape, config.compute_dtype) for _ in range(config.num_layers))
+        shape = (config.num_layers, batch, length, config.num_kv_heads, config.resolved_head_dim)
+        zeros = jnp.zeros(shape, config.compute_dtype)
         return cls(keys=zeros, values=zeros, index=jnp.zeros((), jnp.int32))
 
 
@@ -366,6 +383,9 @@ class Attention(nnx.Module):
                  order=None):
         """x ``[B, T, D]``; key_mask ``[B, T, S]`` bool; returns ``([B, T, D], (k, v))``.
 
+        ``k, v [B, T, K, H]`` are the new tokens' keys and values. With ``cache_kv`` (this
+        layer's ``[B, S, K, H]`` cache) they are written at ``cache_index`` before attending.
+
         With ``order`` (``[G, C]``, ``models.compact``) x and positions are the compacted
         ``[G, C, ...]`` tokens: the projections run on them, attention on the ``[B, T]``
         layout ``key_mask`` describes.
@@ -387,11 +407,11 @@ class Attention(nnx.Module):
         if order is not None:
             B, T = key_mask.shape[:2]
             q, k, v = (compact.scatter(a, order, B, T) for a in (q, k, v))
+        new_kv = (k, v)
         if cache_kv is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype),
-                                                    cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v.astype(cache_kv[1].dtype),
-                                                    cache_index, axis=1)
+            k, v = (jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), cache_index,
+                                                        axis=1)
+                    for old, new in zip(cache_kv, new_kv))
         if c.attention_impl == "cudnn" and cache_kv is None:
             # key_mask holds the causal part too; is_causal lets the kernel skip those tiles.
             out = jax.nn.dot_product_attention(q, k, v, mask=key_mask[:, None], is_causal=True,
@@ -402,7 +422,7 @@ class Attention(nnx.Module):
         if order is not None:
             out = compact.gather(out, order)
         out = jnp.einsum("MNH,NHD->MD", out.reshape(-1, *out.shape[-2:]), self.o[...].astype(dt))
-        return out.reshape(*lead, out.shape[-1]), (k, v)
+        return out.reshape(*lead, out.shape[-1]), new_kv
 
 
 class MLP(nnx.Module):
@@ -437,6 +457,22 @@ class Block(nnx.Module):
         return x + self.mlp(self.post_attn_norm(x)), kv
 
 
+def stack_blocks(blocks: list[Block]) -> Block:
+    """One ``Block`` whose parameters are ``blocks``' stacked on a new leading ``[L]`` axis.
+
+    The axis's logical sharding name is ``layers`` (never sharded, ``train/mesh.py``).
+    """
+    def stack(*variables):
+        first = variables[0]
+        stacked = first.replace(jnp.stack([v[...] for v in variables]))
+        stacked.set_metadata(out_sharding=("layers", *first.get_metadata()["out_sharding"]))
+        return stacked
+
+    states = [nnx.state(b) for b in blocks]
+    return nnx.merge(nnx.graphdef(blocks[0]),
+                     jax.tree.map(stack, *states, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
 class Llama(nnx.Module):
     """Decoder-only Llama-family language model."""
 
@@ -444,7 +480,10 @@ class Llama(nnx.Module):
         self.config = config
         D, V, dt = config.hidden_size, config.vocab_size, config.weight_dtype
         self.embed = _param(rngs, (V, D), ("vocab", "embed"), dt, 0.02)
-        self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+        # Initialised one after another from the same stream in both layouts, so a seed
+        # gives the same weights scanned or unrolled.
+        blocks = [Block(config, rngs=rngs) for _ in range(config.num_layers)]
+        self.layers = stack_blocks(blocks) if config.scan_layers else nnx.List(blocks)
         self.final_norm = RMSNorm(D, config.rms_norm_eps, dtype=dt, rngs=rngs)
         if not config.tie_word_embeddings:
             self.lm_head = _param(rngs, (D, V), ("embed", "vocab"), dt, 0.02)
@@ -505,7 +544,7 @@ class Llama(nnx.Module):
         With ``cache`` the ``T`` new tokens are written at ``cache.index`` and
         ``attention_mask`` covers all ``S`` cache slots ``[B, S]`` (1 = a real token
         written now or earlier). ``hidden_layer=i`` also returns the residual stream
-        after block ``i`` (``[B, T, D]``, used by RMU).
+        after block ``i`` (``[B, T, D]``, used by RMU; ``0 <= i < L``).
         """
         x, new_cache, hidden = self._trunk(input_ids, attention_mask, positions, cache, hidden_layer)
         logits = jnp.einsum("BTD,DV->BTV", x, self.output_head())
@@ -538,22 +577,56 @@ class Llama(nnx.Module):
         if order is not None:
             input_ids, positions = compact.gather(input_ids, order), compact.gather(positions, order)
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(dt)
-        new_keys, new_values, hidden = [], [], None
-        for i, block in enumerate(self.layers):
-            kv = None if cache is None else (cache.keys[i], cache.values[i])
-            idx = None if cache is None else cache.index
-            if c.remat and cache is None:
-                policy = getattr(jax.checkpoint_policies, c.remat_policy)
-                x, kv = nnx.remat(lambda blk, *a: blk(*a), policy=policy)(
-                    block, x, positions, key_mask, inv_freq, None, None, order)
-            else:
-                x, kv = block(x, positions, key_mask, inv_freq, kv, idx, order)
-            new_keys.append(kv[0])
-            new_values.append(kv[1])
-            if hidden_layer is not None and i == hidden_layer:
-                hidden = x
+        x, new_cache, hidden = self._blocks(x, positions, key_mask, inv_freq, cache,
+                                            hidden_layer, order)
         x = self.final_norm(x)
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(tuple(new_keys), tuple(new_values), cache.index + T)
+        return x, new_cache, hidden
+
+    def _blocks(self, x, positions, key_mask, inv_freq, cache, hidden_layer, order):
+        """The decoder blocks on ``x``: ``(x, new cache or None, hidden or None)``.
+
+        One ``jax.lax.scan`` over the stacked block (``scan_layers``), or a Python loop.
+        The residual stream after block ``hidden_layer`` is picked inside the loop
+        (a select per block), so no ``[L, B, T, D]`` stack of every block's output is formed.
+        With a cache the new tokens' keys and values are written into the ``[L, ...]``
+        cache in place (the carry), one slot range per layer.
+        """
+        c = self.config
+        if hidden_layer is not None and not 0 <= hidden_layer < c.num_layers:
+            raise ValueError(f"hidden_layer must be in [0, {c.num_layers}), got {hidden_layer}")
+        index = None if cache is None else cache.index
+        policy = REMAT_POLICIES[c.remat] if cache is None else None
+
+        def apply(graphdef, params, x, kv):
+            return nnx.merge(graphdef, params)(x, positions, key_mask, inv_freq, kv, index, order)
+
+        if policy is not None:
+            # prevent_cse guards unrolled copies against CSE; a scan body needs no guard.
+            apply = jax.checkpoint(apply, policy=policy, static_argnums=(0,),
+                                   prevent_cse=not c.scan_layers)
+
+        def layer(carry, graphdef, params, i):
+            x, hidden, keys, values = carry
+            kv = None if cache is None else (keys[i], values[i])
+            x, (k, v) = apply(graphdef, params, x, kv)
+            if cache is not None:
+                start = (i, 0, index, 0, 0)
+                keys = jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), start)
+                values = jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), start)
+            if hidden is not None:
+                hidden = jnp.where(i == hidden_layer, x, hidden)
+            return x, hidden, keys, values
+
+        carry = (x, None if hidden_layer is None else jnp.zeros_like(x),
+                 None if cache is None else cache.keys, None if cache is None else cache.values)
+        if c.scan_layers:
+            graphdef, stacked = nnx.split(self.layers)
+            carry, _ = jax.lax.scan(lambda cr, xs: (layer(cr, graphdef, *xs), None), carry,
+                                    (stacked, jnp.arange(c.num_layers)))
+        else:
+            for i, block in enumerate(self.layers):
+                carry = layer(carry, *nnx.split(block), i)
+        x, hidden, keys, values = carry
+        # With a cache x is [B, T, D] (decoding never compacts): T new slots are filled.
+        new_cache = None if cache is None else KVCache(keys, values, cache.index + x.shape[1])
         return x, new_cache, hidden

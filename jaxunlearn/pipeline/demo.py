@@ -18,11 +18,12 @@ from typing import Any, Mapping, Sequence
 
 from tqdm import tqdm
 
-from jaxunlearn import methods, report, unlearn
+from jaxunlearn import methods, report
 from jaxunlearn.config import RunConfig, TrainConfig, from_dict
 from jaxunlearn.data import synthetic
 from jaxunlearn.errors import ConfigError
 from jaxunlearn.eval.results import ModelResult
+from jaxunlearn.methods import runner
 from jaxunlearn.models import load_pretrained, load_tokenizer
 from jaxunlearn.pipeline.evaluation import Evaluation
 from jaxunlearn.pipeline.provision import ensure_benchmark
@@ -130,7 +131,7 @@ def run_demo(cfg: RunConfig, methods_subset: Sequence[str] | None = None) -> int
     names = list(methods_subset) if methods_subset else [
         n for n in DEMO_METHODS if n in methods.method_names()]
     plan = method_plan(cfg, names)
-    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    mesh = mesh_lib.from_config(cfg.mesh)
     for _, train in plan:
         mesh_lib.check_batch_divides(train.batch_size, mesh, "train.batch_size")
     out = Path(cfg.output_dir)
@@ -164,10 +165,10 @@ def run_demo(cfg: RunConfig, methods_subset: Sequence[str] | None = None) -> int
     for method, train in plan:
         stages.set_description(f"unlearn {method.name}")
         t = time.perf_counter()
-        res = unlearn.unlearn_model(target, tokenizer, forget, retain, method, train, mesh=mesh,
-                                    seed=cfg.seed, max_len=cfg.data.max_len,
-                                    truncate=cfg.data.truncate,
-                                    never_seen_records=bench.splits.get("holdout", ()))
+        res = runner.unlearn_model(target, tokenizer, forget, retain, method, train, mesh=mesh,
+                                   seed=cfg.seed, max_len=cfg.data.max_len,
+                                   truncate=cfg.data.truncate,
+                                   never_seen_records=bench.splits.get("holdout", ()))
         seconds = time.perf_counter() - t
         timings[f"unlearn_{method.name}"] = seconds
         hist = res.history

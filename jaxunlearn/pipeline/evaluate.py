@@ -11,7 +11,7 @@ from jaxunlearn.errors import UserError
 from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.models import load_pretrained, load_tokenizer
 from jaxunlearn.pipeline.evaluation import Evaluation
-from jaxunlearn.train.mesh import make_mesh
+from jaxunlearn.train.mesh import from_config
 
 __all__ = ["parse_model_args", "main_eval"]
 
@@ -84,6 +84,6 @@ def main_eval(cfg, model_args: Sequence[str], retain_model_path) -> int:
               f"model_utility={mu:.3f} ({evaluation.seconds[name]:.1f} s)")
         del model
     out_dir = Path(cfg.output_dir)
-    report_path = evaluation.write(out_dir, mesh=make_mesh(cfg.mesh.data, cfg.mesh.fsdp))
+    report_path = evaluation.write(out_dir, mesh=from_config(cfg.mesh))
     print(f"wrote {out_dir / 'eval.json'} and {report_path}")
     return 0

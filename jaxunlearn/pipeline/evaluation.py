@@ -100,9 +100,8 @@ class Evaluation:
 
     def write(self, out_dir: str | Path, *, mesh, config: Mapping | None = None,
               timings: Mapping[str, float] | None = None) -> Path:
-        """Writes ``<out_dir>/eval.json`` atomically and the report beside it; returns the
-        path of ``report.md``."""
+        """Writes ``<out_dir>/eval.json``, the figures and ``report.md`` as one set
+        (``report.write_outputs``: all of them or none); returns the path of ``report.md``."""
         out = Path(out_dir)
         document = self.to_json(mesh=mesh, config=config, timings=timings)
-        report.write_json(document, out / "eval.json")
-        return report.write_report(document, out)
+        return report.write_outputs(document, out)

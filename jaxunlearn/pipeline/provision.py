@@ -24,6 +24,7 @@ from jaxunlearn.errors import UserError
 from jaxunlearn.models import Llama, load_pretrained, load_tokenizer
 from jaxunlearn.models.presets import get_preset, smollm2_gguf_path
 from jaxunlearn.report import env_info
+from jaxunlearn.train import budget
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.validate import check_vocab
 
@@ -108,24 +109,24 @@ def build_model(cfg, tokenizer):
     spec = cfg.model
     if spec.path:
         path = model_path(cfg)
-        model, config = load_pretrained(path, dtype=spec.dtype, param_dtype=spec.param_dtype)
+        model, config = load_pretrained(path, dtype=spec.dtype, param_dtype=spec.param_dtype,
+                                        scan_layers=spec.scan_layers, remat=spec.remat)
         # Token ids past the embedding would be clamped or NaN silently in a gather.
         check_vocab(tokenizer, config, where=str(path))
-        if spec.remat != config.remat:
-            config = config.replace(remat=spec.remat)
-            abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
-            model = nnx.merge(nnx.graphdef(abstract), nnx.state(model))
+        budget.check_run_budget(cfg, config)  # safety: memory and disk before any step
         return model, config
     if not spec.preset:
         raise UserError("model: give model.preset or model.path")
     try:
         config = get_preset(spec.preset, vocab_size=len(tokenizer), dtype=spec.dtype,
-                            param_dtype=spec.param_dtype, remat=spec.remat,
+                            param_dtype=spec.param_dtype, scan_layers=spec.scan_layers,
+                            remat=spec.remat,
                             bos_token_id=tokenizer.bos_token_id,
                             eos_token_id=tokenizer.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id)
     except ValueError as e:
         raise UserError(f"model.preset: {e}") from None
+    budget.check_run_budget(cfg, config)  # safety: memory and disk before any allocation
     return _init_model(config, cfg.seed), config
 
 
@@ -144,6 +145,6 @@ def _init_model(config, seed: int):
 def provenance(cfg, mesh=None) -> dict:
     """What every output records: the run config (seed included), versions, devices, mesh."""
     if mesh is None:
-        mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+        mesh = mesh_lib.from_config(cfg.mesh)
     return {"config": cfg.to_dict(), "env": env_info(mesh)}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jaxunlearn import storage
 from jaxunlearn.config import DataConfig
 from jaxunlearn.data import synthetic
 from jaxunlearn.data.batch import encode_prompt
@@ -41,9 +42,14 @@ def generate_answer(model_source: str, prompt: str, *, max_new_tokens: int) -> s
 
 
 def convert(source: Path, out: Path) -> Path:
-    """``jaxunlearn convert``: a GGUF file or HF directory to a safetensors directory."""
+    """``jaxunlearn convert``: a GGUF file or HF directory to a safetensors directory.
+
+    ``out`` must be absent, empty, or a directory this tool wrote (``storage``): it is
+    refused before anything is loaded, and replaced only once the new one is complete.
+    """
+    storage.check_dir_target(out, "--out")  # before loading anything
     model, config = load_pretrained(source)
     tokenizer = load_tokenizer(source)
-    path = save_pretrained(model, config, out, tokenizer=tokenizer)
+    path = save_pretrained(model, config, out, tokenizer=tokenizer, field="--out")
     print(f"wrote {path}")
     return path

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxunlearn import storage, validate
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data import synthetic
 from jaxunlearn.errors import UserError
@@ -27,9 +27,11 @@ from jaxunlearn.pipeline.provision import build_model, ensure_benchmark, provena
     resolve_tokenizer
 from jaxunlearn.pipeline.quality import QUALITY_FILE, format_quality, model_quality
 from jaxunlearn.train import mesh as mesh_lib
+from jaxunlearn.train import checkpoint as ckpt
 from jaxunlearn.train import step as step_lib
 from jaxunlearn.train.length_groups import choose_lengths, grouped_source
-from jaxunlearn.train.loop import batch_placer, nll_loss_fn, run_loop, write_json_atomic
+from jaxunlearn.train.loop import batch_placer, run_loop
+from jaxunlearn.train.nll import nll_objective
 from jaxunlearn.validate import check_context
 
 __all__ = ["model_fingerprint", "model_dir", "encode_documents", "train_model"]
@@ -60,7 +62,9 @@ def model_fingerprint(cfg, which: str, benchmark: Path, tokenizer) -> str:
 
 def _paths(cfg, which: str, benchmark: Path, tokenizer) -> tuple[Path, Path]:
     name = f"{which}-{model_fingerprint(cfg, which, benchmark, tokenizer)}"
-    return Path(cfg.output_dir) / "models" / name, Path(cfg.output_dir) / "checkpoints" / name
+    # safety: both resolve inside output_dir (no symbolic link out of it)
+    return (validate.inside(cfg.output_dir, "models", name, field="output_dir"),
+            validate.inside(cfg.output_dir, "checkpoints", name, field="output_dir"))
 
 
 def model_dir(cfg, which: str) -> Path:
@@ -113,9 +117,11 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
         if not (out / QUALITY_FILE).is_file():
             model, _ = load_pretrained(out)
             q = model_quality(model, load_tokenizer(out), bench, **quality_kw)
-            write_json_atomic(out / QUALITY_FILE, {"which": which, **q, **provenance(cfg)})
+            storage.write_json(out / QUALITY_FILE, {"which": which, **q, **provenance(cfg)},
+                               sort_keys=True)
         return out
 
+    storage.check_dir_target(out, "output_dir")  # safety: refuse a foreign dir before training
     model, config = build_model(cfg, tokenizer)
     t = cfg.train
     rows = t.batch_size * t.grad_accum
@@ -125,7 +131,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
                                truncate=cfg.data.truncate)
     # RoPE would extrapolate past the model's positions without a word.
     check_context([e.length for e in encoded], config, what=f"{which} training sequences")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = batch_lib.pad_id(tokenizer)
     source = grouped_source(encoded, rows, seed=cfg.seed, pad_id=pad,
                             lengths=choose_lengths([e.length for e in encoded],
                                                    epochs=t.epochs if t.steps is None
@@ -134,19 +140,18 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
                                                   for it in items])
     total = t.steps if t.steps is not None else t.epochs * source.steps_per_epoch
 
-    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    mesh = mesh_lib.from_config(cfg.mesh)
     mesh_lib.check_batch_divides(t.batch_size, mesh, "train.batch_size")
     graphdef, params = nnx.split(model, nnx.Param)
     params = jax.device_put(params, mesh_lib.param_shardings(params, mesh))
     optimizer = step_lib.make_optimizer(t.optimizer, total)
     state = step_lib.init_train_state(params, optimizer, jax.random.key(cfg.seed), mesh)
-    step_fn = step_lib.make_train_step(nll_loss_fn(graphdef), optimizer, mesh=mesh,
+    step_fn = step_lib.make_train_step(nll_objective(graphdef), optimizer, mesh=mesh,
                                        state_sharding=step_lib.state_shardings(state),
                                        grad_accum=t.grad_accum)
-    if not resume and ckpt_dir.exists():
-        print(f"starting over: removing the checkpoints of an earlier run in {ckpt_dir}",
-              file=sys.stderr)
-        shutil.rmtree(ckpt_dir)
+    if not resume and ckpt.remove_checkpoints(ckpt_dir):  # safety: only what checkpoint wrote
+        print(f"starting over: removed the checkpoints of an earlier run in {ckpt_dir} "
+              "(--resume continues one)", file=sys.stderr)
     print(f"training the {which} model: {len(items)} documents, {source.steps_per_epoch} "
           f"batches of {rows} per epoch, {total} updates, {config.num_params():,} parameters",
           file=sys.stderr)
@@ -158,15 +163,15 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
                       desc=which)
     seconds = time.perf_counter() - t0
     model = nnx.merge(graphdef, result.state.params)
-    save_pretrained(model, config, out, tokenizer=tokenizer)
+    save_pretrained(model, config, out, tokenizer=tokenizer, field="output_dir")
     q = model_quality(model, tokenizer, bench, **quality_kw)
     losses = [h["loss"] for h in result.history[-max(1, source.steps_per_epoch):]]
-    write_json_atomic(out / QUALITY_FILE, {
+    storage.write_json(out / QUALITY_FILE, {
         "which": which, "updates": total, "train_seconds": round(seconds, 2),
         "resumed_from": result.start_step,
         "last_epoch_loss": float(np.mean(losses)) if losses else float("nan"),
-        "documents": len(items), **q, **provenance(cfg, mesh)})
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+        "documents": len(items), **q, **provenance(cfg, mesh)}, sort_keys=True)
+    ckpt.remove_checkpoints(ckpt_dir)
     print(format_quality(which, out, q))
     return out
 

@@ -1,26 +1,26 @@
 """``jaxunlearn unlearn``: unlearn ``data.forget`` from a trained target with one method.
 
 Everything is checked before the model is loaded; the unlearning itself is
-``jaxunlearn.unlearn.unlearn_model``.
+``methods.runner.unlearn_model`` (gradient methods) or the method's own procedure.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from jaxunlearn import methods, validate
+from jaxunlearn import methods, storage, validate
 from jaxunlearn.data import tofu
+from jaxunlearn.data.forget_retain import prepare_data
 from jaxunlearn.errors import DataError, UserError
+from jaxunlearn.methods import runner
 from jaxunlearn.models import load_tokenizer, save_pretrained
 from jaxunlearn.pipeline.provision import build_model, provenance
 from jaxunlearn.pipeline.training import model_dir
+from jaxunlearn.train import checkpoint as ckpt_lib
 from jaxunlearn.train import mesh as mesh_lib
-from jaxunlearn.train.loop import write_json_atomic
-from jaxunlearn.unlearn import prepare_data, unlearn_model
 
 __all__ = ["target_path", "run_unlearning"]
 
@@ -52,16 +52,23 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     checkpoints to ``<output_dir>/checkpoints/unlearn-<name>-<fingerprint>``.
     """
     method = methods.get_method(cfg.method)
+    # safety: both resolve inside output_dir; a foreign directory at `out` is refused now
+    out = storage.check_dir_target(validate.inside(cfg.output_dir, method.name,
+                                                   field="output_dir"), "output_dir")
+    fingerprint = cfg.fingerprint("model", "data", "train", "method", "seed")
+    ckpt_dir = validate.inside(cfg.output_dir, "checkpoints",
+                               f"unlearn-{method.name}-{fingerprint}", field="output_dir")
     bench = cfg.data.benchmark
     forget = tofu.load_split(bench, cfg.data.forget)
     retain = tofu.load_split(bench, cfg.data.retain_split)
     tofu.check_disjoint(forget, retain, names=(cfg.data.forget, cfg.data.retain_split))
-    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    mesh = mesh_lib.from_config(cfg.mesh)
     mesh_lib.check_batch_divides(cfg.train.batch_size, mesh, "train.batch_size")
     path = target_path(cfg)
     tokenizer = load_tokenizer(cfg.data.tokenizer or path)
-    prepared = prepare_data(tokenizer, forget, retain, method, max_len=cfg.data.max_len,
-                            truncate=cfg.data.truncate)
+    prepared = prepare_data(tokenizer, forget, retain, views=getattr(method, "forget_views",
+                                                                     ("answer",)),
+                            max_len=cfg.data.max_len, truncate=cfg.data.truncate)
     model, config = build_model(dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, path=str(path))), tokenizer)
     method.check_model(config)
@@ -69,11 +76,9 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
                            + [e.length for e in prepared.retain], config,
                            what=f"{cfg.data.forget}/{cfg.data.retain_split} sequences")
 
-    out = Path(cfg.output_dir) / method.name
-    fingerprint = cfg.fingerprint("model", "data", "train", "method", "seed")
-    ckpt_dir = Path(cfg.output_dir) / "checkpoints" / f"unlearn-{method.name}-{fingerprint}"
-    if not resume and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
+    if not resume and ckpt_lib.remove_checkpoints(ckpt_dir):
+        print(f"starting over: removed the checkpoints of an earlier run in {ckpt_dir} "
+              "(--resume continues one)", file=sys.stderr)
     print(f"unlearning {cfg.data.forget} ({len(forget)} records, retain {len(retain)}) from "
           f"{path} with {method.name}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -83,19 +88,20 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
             never_seen = tofu.load_split(bench, "holdout")
         except DataError:
             never_seen = ()
-    result = unlearn_model(model, tokenizer, forget, retain, method, cfg.train, mesh=mesh,
+    result = runner.unlearn_model(model, tokenizer, forget, retain, method, cfg.train, mesh=mesh,
                            never_seen_records=never_seen,
                            seed=cfg.seed, max_len=cfg.data.max_len, truncate=cfg.data.truncate,
                            checkpoint_dir=ckpt_dir, resume=resume, fingerprint=fingerprint,
                            progress=progress)
     seconds = time.perf_counter() - t0
-    save_pretrained(result.model, config, out, tokenizer=tokenizer)
-    write_json_atomic(out / "unlearn.json", {
-        "method": method.to_dict(), "target": str(path), "forget": cfg.data.forget,
-        "retain": cfg.data.retain_split, "seconds": round(seconds, 2),
-        "updates": len(result.history), "history": result.history,
-        **provenance(cfg, mesh)})
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    # safety: unlearn.json is committed with the model, in one rename
+    save_pretrained(result.model, config, out, tokenizer=tokenizer, field="output_dir",
+                    extra_json={"unlearn.json": {
+                        "method": method.to_dict(), "target": str(path),
+                        "forget": cfg.data.forget, "retain": cfg.data.retain_split,
+                        "seconds": round(seconds, 2), "updates": len(result.history),
+                        "history": result.history, **provenance(cfg, mesh)}})
+    ckpt_lib.remove_checkpoints(ckpt_dir)
     last = result.history[-1] if result.history else {}
     print(f"{method.name}: {len(result.history)} updates in {seconds:.1f}s; forget prob "
           f"{last.get('forget_prob', float('nan')):.4f}, retain prob "

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxunlearn import resources, storage
 from jaxunlearn.errors import CheckpointError
 from jaxunlearn.train.step import TrainState
 
@@ -141,7 +142,13 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, meta: Check
     leaves, key_impl = _to_storable(state)
     names = _leaf_names(state)
     _check_finite(leaves, names, final)
+    if final.is_symlink():
+        raise CheckpointError(f"{final}: a symbolic link where a checkpoint goes; refusing "
+                              "to write through it")
     directory.mkdir(parents=True, exist_ok=True)
+    resources.check_fits(sum(int(x.nbytes) for x in leaves) + (1 << 20),
+                         resources.free_disk(directory), subject=f"checkpoint {final}",
+                         estimate="disk", where="the free space of its file system")
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=directory))
     try:
         _checkpointer().save(tmp / "state", args=_save_args(leaves))
@@ -154,12 +161,12 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, meta: Check
             "history": [dict(h) for h in meta.history],
         }
         with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
-            json.dump(sidecar, fh, sort_keys=True, default=_json_default)
+            fh.write(storage.json_text(sidecar, indent=None, sort_keys=True))  # NaN -> null
             fh.flush()
             os.fsync(fh.fileno())
         _fsync(tmp)
         if final.exists():  # the same step saved again (e.g. interrupted right after a save)
-            shutil.rmtree(final)
+            _remove(final)
         os.rename(tmp, final)  # the commit point
         _fsync(directory)
     except BaseException:
@@ -167,8 +174,37 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, meta: Check
         raise
     if keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
+
+
+def _remove(path: Path) -> None:
+    """Deletes one checkpoint (or temporary) directory this module wrote; never follows a
+    symbolic link out of the checkpoint directory."""
+    if path.is_symlink():
+        raise CheckpointError(f"{path}: a symbolic link where a checkpoint is; refusing to "
+                              "delete through it")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_checkpoints(directory: str | os.PathLike) -> bool:
+    """Deletes what this module wrote in ``directory`` (``step_*`` and unfinished
+    ``.tmp-step_*`` directories), then ``directory`` itself if that left it empty.
+
+    Anything else in it is kept. Returns True when a checkpoint was deleted.
+    """
+    directory = Path(directory)
+    if directory.is_symlink() or not directory.is_dir():
+        return False
+    found = list_checkpoints(directory)
+    for p in found:
+        _remove(p)
+    remove_stale_temps(directory)
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
+    return bool(found)
 
 
 def _save_args(leaves):
@@ -179,16 +215,6 @@ def _save_args(leaves):
     return ocp.args.StandardSave({f"leaf_{i:05d}": x for i, x in enumerate(leaves)})
 
 
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     """Complete checkpoints in ``directory``, oldest first (unfinished temp dirs ignored)."""
     directory = Path(directory)
@@ -197,7 +223,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     found = []
     for p in directory.iterdir():
         m = _STEP_DIR.match(p.name)
-        if m and p.is_dir():
+        if m and p.is_dir() and not p.is_symlink():
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
 
@@ -214,7 +240,7 @@ def remove_stale_temps(directory: str | os.PathLike) -> int:
     n = 0
     if directory.is_dir():
         for p in directory.iterdir():
-            if p.name.startswith(_TMP_PREFIX) and p.is_dir():
+            if p.name.startswith(_TMP_PREFIX) and p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
                 n += 1
     return n
@@ -275,7 +301,7 @@ def restore_checkpoint(path: str | os.PathLike, target: TrainState, *,
                               f"{meta.fingerprint!r}, this run {fingerprint!r}); start without "
                               "resume or use that configuration")
     if model_config is not None and meta.model_config is not None:
-        want = json.loads(json.dumps(dict(model_config), default=_json_default))
+        want = json.loads(storage.json_text(dict(model_config)))
         if dict(meta.model_config) != want:
             raise CheckpointError(f"{path}: checkpoint is of another model "
                                   f"({_first_difference(meta.model_config, want)})")

@@ -9,7 +9,8 @@ for ``total_steps`` updates, and
     they return in the history;
   * writes an atomic checkpoint (:mod:`jaxunlearn.train.checkpoint`) every
     ``checkpoint_every`` steps, at the end, on SIGINT/SIGTERM (after finishing the
-    step in flight; then :class:`Interrupted` is raised, exit 130 in the CLI) and when
+    step in flight, :mod:`jaxunlearn.interrupts`; then :class:`Interrupted` is raised,
+    exit 130 in the CLI) and when
     a step is non-finite (the last good state; then :class:`NonFiniteError`, exit 2);
   * resumes from the newest checkpoint at the same data position (epoch, batch in
     epoch), so an interrupted and resumed run ends bit for bit where an uninterrupted
@@ -23,12 +24,7 @@ models live in :mod:`jaxunlearn.pipeline`.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import signal
 import sys
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -36,6 +32,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxunlearn import interrupts
 from jaxunlearn.errors import CheckpointError, NonFiniteError
 from jaxunlearn.train import checkpoint as ckpt
 from jaxunlearn.train import mesh as mesh_lib
@@ -44,15 +41,15 @@ from jaxunlearn.train.step import TrainState
 StepFn = Callable[[TrainState, Any], tuple[TrainState, Mapping[str, jax.Array]]]
 
 
-class Interrupted(KeyboardInterrupt):
+class Interrupted(interrupts.Interrupted):
     """SIGINT/SIGTERM stopped the loop after a complete step; the state was checkpointed.
 
     A ``KeyboardInterrupt`` so that anything catching Ctrl-C (the CLI: exit 130) does.
     """
 
     def __init__(self, message: str, *, state: TrainState, history: list[dict],
-                 checkpoint: Path | None):
-        super().__init__(message)
+                 checkpoint: Path | None, signum: int | None = None):
+        super().__init__(message, signum=signum)
         self.state, self.history, self.checkpoint = state, history, checkpoint
 
 
@@ -146,34 +143,11 @@ def batch_placer(mesh=None, grad_accum: int = 1) -> Callable[[Any], Any]:
         if mesh is None:
             return jax.device_put(batch)
         if grad_accum > 1:
-            spec = jax.sharding.PartitionSpec(None, mesh_lib.MESH_AXES)
+            spec = jax.sharding.PartitionSpec(None, mesh_lib.BATCH_AXES)
             return jax.device_put(batch, jax.sharding.NamedSharding(mesh, spec))
         return mesh_lib.shard_batch(batch, mesh)
 
     return place
-
-
-class _Signals:
-    """SIGINT/SIGTERM set a flag the loop checks between steps; a second one stops at once."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum, frame):
-        if self.received is not None:
-            raise KeyboardInterrupt  # a second signal: the user really wants out now
-        self.received = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal() is main-only
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _host_metrics(metrics: Mapping[str, jax.Array]) -> dict[str, float]:
@@ -214,13 +188,15 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0:
         raise ValueError(f"total_steps must be an integer >= 0, got {total_steps!r}")
     if checkpoint_every < 0:
-        raise ValueError(f"train.checkpoint_every must be >= 0, got {checkpoint_every}")
+        raise CheckpointError(f"train.checkpoint_every must be >= 0, got {checkpoint_every}")
     place_batch = place_batch or jax.device_put
     history: list[dict] = []
     start = int(state.step)
     last_ckpt: Path | None = None
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
+        if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+            raise CheckpointError(f"{checkpoint_dir}: exists and is not a directory")
         ckpt.remove_stale_temps(checkpoint_dir)
         latest = ckpt.latest_checkpoint(checkpoint_dir)
         if latest is not None and not resume:
@@ -250,7 +226,8 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
     bar = _progress(total_steps, start, desc, progress)
     stream = source.stream(*source.position(start)) if start < total_steps else iter(())
     try:
-        with _Signals() as signals:
+        with interrupts.deferred():
+            interrupts.check("before the first update")
             while step < total_steps:
                 epoch, index, batch = next(stream)
                 state, metrics = step_fn(state, place_batch(batch))
@@ -276,14 +253,14 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
                                  if k not in ("step", "epoch", "index")}, refresh=False)
-                if signals.received is not None:
+                if (signum := interrupts.received()) is not None:
                     path = save(state, step)
-                    name = signal.Signals(signals.received).name
                     where = (f"checkpoint {path}; rerun with resume to continue" if path
                              else "no checkpoint directory, nothing saved")
+                    name = interrupts.signal_name(signum)
                     message = f"{desc}: {name} after update {step}: {where}"
-                    print(message, file=sys.stderr)  # the CLI only says "interrupted"
-                    raise Interrupted(message, state=state, history=history, checkpoint=path)
+                    raise Interrupted(message, state=state, history=history, checkpoint=path,
+                                      signum=signum)
                 if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
                     last_ckpt = save(state, step)
             if checkpoint_dir is not None and (last_ckpt is None or step != start):
@@ -296,30 +273,3 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
 def _progress(total: int, initial: int, desc: str, enabled: bool):
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled,
                 dynamic_ncols=True, file=sys.stderr, leave=False)
-
-
-def nll_loss_fn(graphdef):
-    """``(params, batch, key) -> (token NLL, {"tokens"})`` for a :class:`Batch`: answer-only
-    NLL on QA items, all tokens on documents (the mask says which).
-
-    The label log-probs come from the fused LM head (``methods.forward``): no ``[B, T, V]``
-    logits or log-softmax in memory, forward or backward (``benchmarks/train_nll.py``:
-    0.73 of the time through logits on the demo model); equal to ``losses.token_nll`` of
-    the logits, to rounding.
-    """
-    from jaxunlearn.methods import forward
-
-    def loss_fn(params, batch, key):
-        del key  # no dropout
-        return forward(graphdef, params, batch).token_nll(), {"tokens": batch.loss_mask.sum()}
-
-    return loss_fn
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Writes ``obj`` as indented JSON to a temporary name beside ``path``, then renames it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)

@@ -1,25 +1,53 @@
 """One jitted, donated, sharded optimisation step for any objective.
 
-``make_train_step`` turns ``loss_fn(params, batch, key) -> (loss, metrics)`` into
-``step(state, batch) -> (state, metrics)``: forward + backward (with optional gradient
-accumulation), global-norm clipping, the optax update, and a non-finite guard that keeps
-the previous parameters when the loss or gradient is NaN/Inf (the loop then stops at
-the last good checkpoint; NaN weights are never written).
+``make_train_step`` turns an :class:`Objective` into ``step(state, batch) -> (state,
+metrics)``: forward + backward (with optional gradient accumulation), global-norm
+clipping, the optax update, and a non-finite guard that keeps the previous parameters
+when the loss or gradient is NaN/Inf (the loop then stops at the last good checkpoint;
+NaN weights are never written).
+
+Micro-batches are reduced by ``(sum, count)``: every term of an objective is a sum over
+rows or tokens divided by a count of the whole update (tokens, sequences, or a sum of
+weights) that never depends on the parameters. The step adds the counts of all
+micro-batches first, then adds each micro-batch's share ``sum / total count`` and its
+gradient, and divides metrics once at the end; so ``grad_accum`` never changes a
+result (beyond float rounding), as in MaxText and the ``transformers`` Trainer since
+2024. A mean of micro-batch means would weight a micro-batch's tokens by how few
+tokens it holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from jaxunlearn.losses import Mean
 from jaxunlearn.train import mesh as mesh_lib
 
-LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+class Objective(NamedTuple):
+    """A loss the step can split over micro-batches exactly.
+
+    Attributes:
+      counts: ``batch -> pytree of float32 scalars``, the denominators of the loss's terms
+        on this (micro-)batch (tokens, rows, sums of weights): from masks and weights
+        only, never the parameters; they add over micro-batches.
+      loss: ``(params, batch, key, totals) -> (share, metrics)``, pure. ``totals`` has the
+        structure of ``counts`` and holds the counts of the whole update; ``share`` is this
+        batch's sums divided by them, so the shares of an update's micro-batches add up to
+        its loss and their gradients to its gradient. ``metrics``: ``{name: losses.Mean}``
+        parts (added, then divided once) or plain arrays (added, e.g. rows selected).
+    """
+
+    counts: Callable[[Any], Any]
+    loss: Callable[[Any, Any, Any, Any], tuple[jax.Array, Mapping[str, Any]]]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,15 +70,29 @@ class OptimizerConfig:
     optimizer: str = "adamw"
 
     def __post_init__(self):
-        if not self.learning_rate > 0:
+        def finite(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise ValueError(f"optimizer.{name} must be a finite number, got {value!r}")
+            return value
+
+        if not finite("learning_rate") > 0:
             raise ValueError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
+                or not 0 <= self.warmup_steps < 2**31:
+            raise ValueError(f"optimizer.warmup_steps must be an integer from 0 to 2^31 - 1, "
+                             f"got {self.warmup_steps!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"optimizer.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.weight_decay < 0:
+        if finite("weight_decay") < 0:
             raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.clip_norm is not None and self.clip_norm <= 0:
+        for name in ("b1", "b2"):  # Adam's moment decay rates
+            if not 0 <= finite(name) < 1:
+                raise ValueError(f"optimizer.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not finite("eps") > 0:  # the denominator sqrt(v) + eps must not vanish
+            raise ValueError(f"optimizer.eps must be > 0, got {self.eps}")
+        if self.clip_norm is not None and not finite("clip_norm") > 0:
             raise ValueError(f"optimizer.clip_norm must be > 0 or null, got {self.clip_norm}")
         if self.moment_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"optimizer.moment_dtype must be float32 or bfloat16, got {self.moment_dtype!r}")
@@ -124,43 +166,60 @@ def state_shardings(state: TrainState) -> Any:
     return jax.tree.map(lambda x: x.sharding, state)
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+def _finish(metrics: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """Metrics of a whole update: ``Mean`` parts divided once, plain sums as they are."""
+    return {k: v.value() if isinstance(v, Mean) else v for k, v in metrics.items()}
+
+
+def objective_value(objective: Objective, params: Any, batch: Any,
+                    key: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The loss and metrics of ``objective`` on one whole batch (no micro-batches); pure,
+    differentiable in ``params``."""
+    loss, metrics = objective.loss(params, batch, key, objective.counts(batch))
+    return loss, _finish(metrics)
+
+
+def make_train_step(objective: Objective, optimizer: optax.GradientTransformation, *,
                     mesh: Mesh | None = None, state_sharding: Any = None,
                     grad_accum: int = 1, donate: bool = True):
     """Returns the jitted ``step(state, batch) -> (state, metrics)``.
 
     Args:
-      loss_fn: ``(params, batch, key) -> (loss, metrics)``; pure.
+      objective: the :class:`Objective` to minimise; pure.
       mesh: when given, batches are sharded over ``("data", "fsdp")`` and the state keeps
         ``state_sharding`` (from ``state_shardings(init_train_state(...))``).
-      grad_accum: ``> 1`` expects every batch leaf with a leading ``[grad_accum, ...]`` axis;
-        gradients are averaged over the micro-batches.
+      grad_accum: ``> 1`` expects every batch leaf with a leading ``[grad_accum, ...]`` axis.
+        The counts of all micro-batches are added first (``objective.counts`` reads masks
+        and weights only: no forward pass), then each micro-batch's share of the loss is
+        differentiated and the shares and their gradients are added: the update equals
+        that of one batch of the same rows up to float rounding, whatever the token
+        counts of the micro-batches.
       donate: donate the input state buffers (the caller must not reuse them).
 
-    Metrics: ``loss``, ``grad_norm``, ``finite`` (0/1) and the loss_fn's own metrics
-    (averaged over micro-batches).
+    Metrics: ``loss``, ``grad_norm``, ``finite`` (0/1) and the objective's own metrics
+    (``losses.Mean`` parts summed over micro-batches and divided once; plain values summed).
     """
     if grad_accum < 1:
         raise ValueError(f"train.grad_accum must be >= 1, got {grad_accum}")
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
 
     def step(state: TrainState, batch):
         key = jax.random.fold_in(state.key, state.step)
         if grad_accum == 1:
-            (loss, metrics), grads = grad_fn(state.params, batch, key)
+            (loss, metrics), grads = grad_fn(state.params, batch, key, objective.counts(batch))
         else:
+            # The whole update's denominators first: they never depend on the parameters.
+            totals = jax.tree.map(lambda x: jnp.sum(x, axis=0), jax.vmap(objective.counts)(batch))
+
             def micro(carry, xs):
                 i, mb = xs
-                (l, m), g = grad_fn(state.params, mb, jax.random.fold_in(key, i))
-                acc = jax.tree.map(jnp.add, carry, (l, m, g))
-                return acc, None
+                out = grad_fn(state.params, mb, jax.random.fold_in(key, i), totals)
+                return jax.tree.map(jnp.add, carry, out), None
 
-            zero = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], batch), key))
+            first = jax.tree.map(lambda x: x[0], batch)
+            zero = jax.eval_shape(lambda: grad_fn(state.params, first, key, totals))
             zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
-            (loss, metrics), grads = zero
-            (loss, metrics, grads), _ = jax.lax.scan(
-                micro, (loss, metrics, grads), (jnp.arange(grad_accum), batch))
-            loss, metrics, grads = jax.tree.map(lambda x: x / grad_accum, (loss, metrics, grads))
+            ((loss, metrics), grads), _ = jax.lax.scan(micro, zero, (jnp.arange(grad_accum), batch))
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -173,14 +232,24 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         # A cond, not a select over the new and old state: that would read and write
         # weights and moments once more every step (+0.1 s per step at 70M parameters).
         new = jax.lax.cond(finite, update, lambda s: s, state)
-        out = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+        out = dict(_finish(metrics), loss=loss, grad_norm=grad_norm,
+                   finite=finite.astype(jnp.float32))
         return new, out
 
     kwargs: dict[str, Any] = {}
     if mesh is not None:
         bs = mesh_lib.batch_sharding(mesh)
         if grad_accum > 1:
-            bs = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, mesh_lib.MESH_AXES))
+            bs = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, mesh_lib.BATCH_AXES))
         kwargs = dict(in_shardings=(state_sharding, bs),
                       out_shardings=(state_sharding, mesh_lib.replicated(mesh)))
     return jax.jit(step, donate_argnums=(0,) if donate else (), **kwargs)
+
+
+def copy_params(params: Any, mesh: Mesh | None = None) -> Any:
+    """Fresh buffers of ``params`` (a step donates its state; the caller's stay valid),
+    FSDP-sharded on ``mesh`` when given."""
+    params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+    if mesh is not None:
+        params = jax.device_put(params, mesh_lib.param_shardings(params, mesh))
+    return params

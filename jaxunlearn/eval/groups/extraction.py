@@ -20,7 +20,8 @@ from jaxunlearn.eval.groups.base import GroupInputs, MetricGroup
 from jaxunlearn.eval.measure import CanaryPlan
 from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.eval.results import ExtractionResult
-from jaxunlearn.eval.scoring import _pad_id, greedy_generate
+from jaxunlearn.data.batch import pad_id
+from jaxunlearn.eval.scoring import greedy_generate
 
 __all__ = ["extraction_likelihoods", "compute", "GROUP"]
 
@@ -44,7 +45,7 @@ def extraction_likelihoods(model, tokenizer, plan: CanaryPlan, options: SuiteCon
     # (rounded up to 16, so all canary sets share few shapes).
     longest = max(len(t) for t in targets.values())
     gens = greedy_generate(model, prompts, max_new_tokens=-(-longest // 16) * 16,
-                           eos_id=tokenizer.eos_token_id, pad_id=_pad_id(tokenizer),
+                           eos_id=tokenizer.eos_token_id, pad_id=pad_id(tokenizer),
                            batch_size=options.batch_size)
     conts: dict[int, list[list[int]]] = {i: [] for i in targets}
     for i, g in zip(owners, gens):

@@ -19,7 +19,8 @@ from jaxunlearn.data.batch import Encoded
 from jaxunlearn.eval import relearn
 from jaxunlearn.eval.groups.base import GroupInputs, MetricGroup
 from jaxunlearn.eval.results import KnowledgeResult
-from jaxunlearn.eval.scoring import _pad_id, score_sequences
+from jaxunlearn.data.batch import pad_id
+from jaxunlearn.eval.scoring import score_sequences
 
 __all__ = ["compute", "GROUP"]
 
@@ -46,7 +47,7 @@ def compute(inputs: GroupInputs, done: Mapping[str, Any]) -> KnowledgeResult:
                                             np.ones(len(target), np.float32)])))
     judge = inputs.judge
     scored = score_sequences(judge if judge is not None else inputs.model, encs,
-                             pad_id=_pad_id(tokenizer), batch_size=options.batch_size,
+                             pad_id=pad_id(tokenizer), batch_size=options.batch_size,
                              k=options.min_k)
     ls = relearn.linguistic_score_of(m.generations["forget"],
                                      np.exp(-scored.mean_logprob).tolist())

@@ -6,7 +6,8 @@ module docstring for the sign and normalisation)::
 
     θ ← θ + η_j (C_R(θ) + λI)⁻¹ ∇loss(θ, F_j)   [+ (μσ²)^{1/4} F^{-1/4} n]
 
-``loss`` is the token-mean answer NLL the target was trained with (``losses``), ``C_R``
+``loss`` is the token-mean answer NLL the target was trained with
+(``methods.curvature.answer_nll``, the one NLL objective of ``train.nll``), ``C_R``
 the retain curvature measured on ``m`` retain examples drawn afresh each round:
 
 - ``newton``: the Gauss-Newton matrix ``Jᵀ H_out J`` (default: PSD, so CG is well posed
@@ -106,107 +107,26 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxunlearn import losses, methods, secondorder
+from jaxunlearn import secondorder
 from jaxunlearn.data import batch as batch_lib
-from jaxunlearn.solvers import tree_norm, tree_vdot
+from jaxunlearn.data.forget_retain import prepare_data
+from jaxunlearn.methods import curvature
+from jaxunlearn.methods.base import ProcedureMethod, UnlearnContext, UnlearnResult
+from jaxunlearn.methods.registry import MethodError, get_method, register
+from jaxunlearn.models.outputs import forward
 from jaxunlearn.train import mesh as mesh_lib
 
-__all__ = ["SecondOrderMethod", "Newton", "FisherRemoval", "FisherForgetting", "answer_nll",
-           "curvature_product", "micro_batches", "build_update", "second_order_unlearn"]
+__all__ = ["SecondOrderMethod", "Newton", "FisherRemoval", "FisherForgetting", "build_update",
+           "second_order_unlearn"]
 
 PyTree = Any
-
-
-# ------------------------------------------------------------------------------ objective
-
-
-def _nll_sum_and_count(graphdef: nnx.GraphDef, params: PyTree, batch: batch_lib.Batch):
-    """``(−Σ_b log p(y_b|x_b), Σ mask)`` of one ``[B, T]`` batch (scalars)."""
-    logits = nnx.merge(graphdef, params)(batch.input_ids, batch.attention_mask)
-    return (-jnp.sum(losses.sequence_logprob(logits, batch.labels, batch.loss_mask)),
-            jnp.sum(batch.loss_mask))
-
-
-def answer_nll(graphdef: nnx.GraphDef) -> Callable[[PyTree, batch_lib.Batch], jax.Array]:
-    """``(params, batch) -> scalar`` token-mean answer NLL, ``losses.token_nll`` of the batch.
-
-    ``NLL = −Σ_{b,t} mask·log p(label) / max(Σ mask, 1)`` over ``[B, T]`` arrays, or over all
-    micro-batches of ``[K, C, T]`` arrays together (a ``lax.scan`` of checkpointed
-    micro-batches: the gradient holds one micro-batch's activations at a time, at the cost
-    of one extra forward pass). Empty rows (mask 0) add nothing.
-    """
-    one = jax.checkpoint(lambda p, b: _nll_sum_and_count(graphdef, p, b))
-
-    def loss_fn(params, batch):
-        if batch.input_ids.ndim == 2:
-            total, count = _nll_sum_and_count(graphdef, params, batch)
-        else:
-            def step(acc, mb):
-                s, n = one(params, mb)
-                return (acc[0] + s, acc[1] + n), None
-
-            zero = jnp.zeros((), jnp.float32)
-            (total, count), _ = jax.lax.scan(step, (zero, zero), batch)
-        return total / jnp.maximum(count, 1.0)
-
-    return loss_fn
-
-
-def curvature_product(graphdef: nnx.GraphDef, kind: str) -> secondorder.CurvatureFn:
-    """``(params, batch, v) -> C v``, ``C`` the curvature of :func:`answer_nll` on ``batch``.
-
-    ``kind="gauss_newton"``: ``Jᵀ H_out J`` with the closed-form softmax cross-entropy output
-    Hessian (``secondorder.gnvp``, ``softmax_cross_entropy_hvp``), PSD; ``"hessian"``: the
-    exact Hessian (``secondorder.hvp``). For ``[K, C, T]`` micro-batches the product is
-    ``Σ_k C_k v`` with every micro-batch's NLL sum divided by the *total* token count, so
-    it equals the product on the concatenated ``[K·C, T]`` batch.
-    """
-    if kind not in ("gauss_newton", "hessian"):
-        raise ValueError(f"kind must be 'gauss_newton' or 'hessian', got {kind!r}")
-
-    def one(params, mb, v, total):
-        if kind == "hessian":
-            return secondorder.hvp(lambda p: _nll_sum_and_count(graphdef, p, mb)[0] / total,
-                                   params, v)
-
-        def logits_fn(p):
-            return nnx.merge(graphdef, p)(mb.input_ids, mb.attention_mask)
-
-        def out_loss(z):
-            return -jnp.sum(losses.sequence_logprob(z, mb.labels, mb.loss_mask)) / total
-
-        weights = mb.loss_mask / total
-        return secondorder.gnvp(logits_fn, out_loss, params, v,
-                                output_hvp=lambda z, u: secondorder.softmax_cross_entropy_hvp(
-                                    z, u, weights))
-
-    def product(params, batch, v):
-        total = jnp.maximum(jnp.sum(batch.loss_mask), 1.0)
-        if batch.input_ids.ndim == 2:
-            return one(params, batch, v, total)
-
-        def step(acc, mb):
-            return jax.tree.map(jnp.add, acc, one(params, mb, v, total)), None
-
-        out, _ = jax.lax.scan(step, jax.tree.map(jnp.zeros_like, v), batch)
-        return out
-
-    return product
-
-
-def micro_batches(encoded: Sequence[batch_lib.Encoded], rows: int, micro_batch: int,
-                  seq_len: int, pad_id: int) -> batch_lib.Batch:
-    """``[K, C, T]`` arrays: ``encoded`` (at most ``rows``) padded with empty rows to
-    ``rows = K·C`` and cut into ``K`` micro-batches of ``C = micro_batch`` rows."""
-    b = batch_lib.collate(list(encoded), seq_len, pad_id, batch_size=rows)
-    return jax.tree.map(lambda x: x.reshape(rows // micro_batch, micro_batch, seq_len), b)
 
 
 # ------------------------------------------------------------------------------ configs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SecondOrderMethod(methods.ProcedureMethod):
+class SecondOrderMethod(ProcedureMethod):
     """Shared hyper-parameters of the second-order methods (see the module docstring).
 
     Attributes:
@@ -244,14 +164,14 @@ class SecondOrderMethod(methods.ProcedureMethod):
         """``"micro"``: retain rows as ``[K, C, T]`` micro-batches; ``"examples"``: ``[m, T]``."""
         return "micro"
 
-    def run(self, context: methods.UnlearnContext) -> methods.UnlearnResult:
+    def run(self, context: UnlearnContext) -> UnlearnResult:
         return second_order_unlearn(
             context.model, context.tokenizer, context.forget_records, context.retain_records,
             self, mesh=context.mesh, seed=context.seed, max_len=context.max_len,
-            truncate=context.truncate, on_step=context.on_step)
+            truncate=context.truncate)
 
 
-@methods.register
+@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Newton(SecondOrderMethod):
     """Influence-function removal ``θ ← θ + η (C_R + λI)⁻¹ ∇loss(θ, F_j)`` solved iteratively.
@@ -288,14 +208,14 @@ class Newton(SecondOrderMethod):
             self._at_least("lissa_scale", 0.0, strict=True)
 
     def update_fn(self, graphdef):
-        loss_fn = answer_nll(graphdef)
-        curv = curvature_product(graphdef, self.curvature)
+        loss_fn = curvature.answer_nll(graphdef)
+        curv = curvature.curvature_product(graphdef, self.curvature)
 
         def update(params, forget, retain, key, lr):
             del key  # deterministic
             scale = self.lissa_scale
             if self.solver == "lissa" and scale is None:
-                scale = 2.0 * _largest_eigenvalue(lambda v: curv(params, retain, v), params,
+                scale = 2.0 * curvature.largest_eigenvalue(lambda v: curv(params, retain, v), params,
                                                   self.damping)
             return secondorder.newton_update(
                 loss_fn, params, forget, retain, lr=lr, damping=self.damping, curvature=curv,
@@ -304,7 +224,7 @@ class Newton(SecondOrderMethod):
         return update
 
 
-@methods.register
+@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FisherRemoval(SecondOrderMethod):
     """Fisher Removal (Gu et al. 2024): ``θ ← θ + η (λI + (1/m) GᵀG)⁻¹ ∇loss(θ, F_j)``.
@@ -324,7 +244,7 @@ class FisherRemoval(SecondOrderMethod):
         return "examples"
 
     def update_fn(self, graphdef):
-        loss_fn = answer_nll(graphdef)
+        loss_fn = curvature.answer_nll(graphdef)
 
         def update(params, forget, retain, key, lr):
             del key
@@ -335,7 +255,7 @@ class FisherRemoval(SecondOrderMethod):
         return update
 
 
-@methods.register
+@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FisherForgetting(FisherRemoval):
     """Fisher Forgetting (Gu et al. 2024): Fisher Removal ``+ (μσ²)^{1/4} S n``, ``n ~ N(0, I)``.
@@ -360,7 +280,7 @@ class FisherForgetting(FisherRemoval):
         self._one_of("noise_shape", self.noise_shapes)
 
     def update_fn(self, graphdef):
-        loss_fn = answer_nll(graphdef)
+        loss_fn = curvature.answer_nll(graphdef)
 
         def update(params, forget, retain, key, lr):
             return secondorder.fisher_forgetting_update(
@@ -369,24 +289,6 @@ class FisherForgetting(FisherRemoval):
                 chunk_size=self.micro_batch)
 
         return update
-
-
-def _largest_eigenvalue(matvec, like: PyTree, damping: float, iters: int = 20) -> jax.Array:
-    """Power-iteration estimate of ``λ_max(C + λI)`` (Rayleigh quotient), from a fixed start."""
-    leaves, treedef = jax.tree.flatten(like)
-    keys = jax.random.split(jax.random.key(0), len(leaves))
-    v = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype)
-                                     for k, x in zip(keys, leaves)])
-
-    def unit(v):
-        n = tree_norm(v)
-        return jax.tree.map(lambda x: x / n, v)
-
-    def apply(v):  # (C + λI) v
-        return jax.tree.map(lambda cv, x: cv + damping * x, matvec(v), v)
-
-    v = unit(jax.lax.fori_loop(0, iters, lambda _, v: apply(unit(v)), v))
-    return tree_vdot(v, apply(v))
 
 
 # ------------------------------------------------------------------------------ the procedure
@@ -415,9 +317,7 @@ def _tokens(e: batch_lib.Encoded) -> float:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _answer_probs_batch(graphdef, params, b):
-    logits = nnx.merge(graphdef, params)(b.input_ids, b.attention_mask)
-    logp = losses.sequence_logprob(logits, b.labels, b.loss_mask)
-    return jnp.exp(logp / jnp.maximum(losses.sequence_token_counts(b.loss_mask), 1.0))
+    return forward(graphdef, params, b).token_prob()
 
 
 def _answer_probs(graphdef, micro_batch: int, seq_len: int, pad_id: int, place):
@@ -434,9 +334,7 @@ def _answer_probs(graphdef, micro_batch: int, seq_len: int, pad_id: int, place):
 
 def second_order_unlearn(model, tokenizer, forget_records: Sequence[Mapping],
                          retain_records: Sequence[Mapping], method, *, mesh=None, seed: int = 0,
-                         max_len: int = 256, truncate: bool = False,
-                         on_step: Callable[[int, int, Mapping[str, float]], None] | None = None
-                         ) -> methods.UnlearnResult:
+                         max_len: int = 256, truncate: bool = False) -> UnlearnResult:
     """Runs ``newton`` / ``fisher_removal`` / ``fisher_forgetting`` (see the module docstring).
 
     Args:
@@ -458,18 +356,16 @@ def second_order_unlearn(model, tokenizer, forget_records: Sequence[Mapping],
       MethodError: ``method.rounds`` above the number of forget records, or an update that
         is not finite (naming ``method.damping``).
     """
-    from jaxunlearn import unlearn  # here, not at import: unlearn imports methods
-
-    method = methods.get_method(method)
+    method = get_method(method)
     if not isinstance(method, SecondOrderMethod):
-        raise methods.MethodError(f"method.name: {method.name!r} is not a second-order method")
-    data = unlearn.prepare_data(tokenizer, forget_records, retain_records, method,
-                                max_len=max_len, truncate=truncate)
+        raise MethodError(f"method.name: {method.name!r} is not a second-order method")
+    data = prepare_data(tokenizer, forget_records, retain_records, max_len=max_len,
+                        truncate=truncate)
     forget, retain, pad = data.forget["answer"], data.retain, data.pad_id
     n_f, n_r = len(forget), len(retain)
     if method.rounds > n_f:
-        raise methods.MethodError(f"method.rounds: {method.rounds} rounds need at least as many "
-                                  f"forget records, got {n_f}")
+        raise MethodError(f"method.rounds: {method.rounds} rounds need at least as many "
+                          f"forget records, got {n_f}")
     seq_len = max(data.t_forget, data.t_retain)  # one shape for every compiled function
     c = method.micro_batch
     chunks = np.array_split(np.arange(n_f), method.rounds)
@@ -493,7 +389,6 @@ def second_order_unlearn(model, tokenizer, forget_records: Sequence[Mapping],
     probs = _answer_probs(graphdef, c, seq_len, pad, place)
 
     history: list[dict[str, float]] = []
-    total = method.passes * method.rounds
     base_key = jax.random.key(seed)
     for p in range(method.passes):
         for j, chunk in enumerate(chunks):
@@ -504,8 +399,8 @@ def second_order_unlearn(model, tokenizer, forget_records: Sequence[Mapping],
                 lr = method.lr_scale * chunk_tokens[j] / (retain_tokens + sum(chunk_tokens[j + 1:]))
             r_idx = np.sort(np.random.default_rng([seed, p, j]).choice(n_r, m, replace=False))
             r_enc = [retain[i] for i in r_idx]
-            fb = micro_batches([forget[i] for i in chunk], rows_f, c, seq_len, pad)
-            rb = (micro_batches(r_enc, rows_r, c, seq_len, pad) if method.retain_layout() == "micro"
+            fb = curvature.micro_batches([forget[i] for i in chunk], rows_f, c, seq_len, pad)
+            rb = (curvature.micro_batches(r_enc, rows_r, c, seq_len, pad) if method.retain_layout() == "micro"
                   else batch_lib.collate(r_enc, seq_len, pad))
             t0 = time.perf_counter()
             params, info = update(params, place(fb), place(rb), jax.random.fold_in(base_key, step),
@@ -513,7 +408,7 @@ def second_order_unlearn(model, tokenizer, forget_records: Sequence[Mapping],
             info = {k: float(np.asarray(v)) for k, v in info._asdict().items()}
             seconds = time.perf_counter() - t0
             if not np.isfinite([info["step_norm"], info["noise_norm"]]).all():
-                raise methods.MethodError(
+                raise MethodError(
                     f"method.damping: round {j} (pass {p}) of {method.name} gave a non-finite "
                     f"update (step norm {info['step_norm']}); raise method.damping or lower the "
                     "step (method.lr / method.lr_scale)")
@@ -523,6 +418,4 @@ def second_order_unlearn(model, tokenizer, forget_records: Sequence[Mapping],
                       "retain_prob": float(probs(params, r_enc).mean()),
                       "seconds": seconds}
             history.append(record)
-            if on_step is not None:
-                on_step(step + 1, total, record)
-    return methods.UnlearnResult(nnx.merge(graphdef, params), history)
+    return UnlearnResult(nnx.merge(graphdef, params), history)

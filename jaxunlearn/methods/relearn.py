@@ -22,8 +22,9 @@ are cached once (top ``ref_top_k`` tokens, see ``methods``), so the frozen refer
 never on the device during training. Training is full fine-tuning (their script uses
 LoRA rank 32, alpha 32, lr 1e-4, 2 epochs; LoRA is not implemented here).
 
-The optimisation itself is the shared gradient loop (``unlearn.unlearn_model``) over the
-augmented records, each forget row paired with a retain row.
+The optimisation itself is the shared gradient loop (``UnlearnContext.run_gradient``,
+injected by ``methods.runner``) over the augmented records, each forget row paired
+with a retain row.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ from typing import Any, ClassVar
 
 import jax
 
-from jaxunlearn import losses, methods
+from jaxunlearn import losses
 from jaxunlearn.data.augment import TemplateAugmenter, augment_forget_set
-from jaxunlearn.data.tofu import DataError
+from jaxunlearn.errors import DataError
+from jaxunlearn.methods.base import (CacheSpec, GradientMethod, ProcedureMethod, UnlearnContext,
+                                     UnlearnResult, model_on_support, ref_on_support)
+from jaxunlearn.methods.registry import register
 
 __all__ = ["ReLearn", "ReLearnObjective", "augmented_forget_records"]
 
@@ -61,38 +65,38 @@ def augmented_forget_records(forget_records: Sequence[Mapping], *, seed: int,
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ReLearnObjective(methods.GradientMethod):
+class ReLearnObjective(GradientMethod):
     """The gradient objective ReLearn trains with (not registered: :class:`ReLearn` is).
 
-    ``forget_term = token_nll`` on the (augmented) forget answers, minimised;
-    ``retain_term`` = ``forward_kl`` (cached target) ``+ token_nll`` on retain answers, or
-    one of them (``retain_loss``).
+    ``forget_term`` = per-token NLL on the (augmented) forget answers, minimised;
+    ``retain_term`` = per-token ``forward_kl`` (cached target) ``+`` NLL on retain answers,
+    or one of them (``retain_loss``); both token means.
     """
 
     name: ClassVar[str] = "relearn"
     retain_losses: ClassVar[tuple[str, ...]] = ("kl+nll", "kl", "nll")
     retain_loss: str = "kl+nll"
 
-    def cache_spec(self, model_config: Any) -> methods.CacheSpec:
-        return methods.CacheSpec(retain_dist=self.alpha > 0 and "kl" in self.retain_loss,
+    def cache_spec(self, model_config: Any) -> CacheSpec:
+        return CacheSpec(retain_dist=self.alpha > 0 and "kl" in self.retain_loss,
                                  top_k=self.ref_top_k)
 
     def forget_term(self, outputs, forget, cache):
-        return outputs["answer"].token_nll()
+        return -outputs["answer"].label_logprobs
 
     def retain_term(self, output, retain, cache) -> jax.Array:
-        nll = output.token_nll()
+        nll = -output.label_logprobs
         if self.retain_loss == "nll":
             return nll
         dist = cache["retain_dist"]
-        kl = losses.forward_kl(methods.model_on_support(output.logits, dist),
-                               methods.ref_on_support(dist), retain.loss_mask)
+        kl = losses.forward_kl_per_token(model_on_support(output.logits, dist),
+                                         ref_on_support(dist), retain.loss_mask)
         return kl if self.retain_loss == "kl" else kl + nll
 
 
-@methods.register
+@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ReLearn(methods.ProcedureMethod):
+class ReLearn(ProcedureMethod):
     """ReLearn (see the module doc): augment the forget set, then fine-tune on it.
 
     Attributes:
@@ -122,14 +126,10 @@ class ReLearn(methods.ProcedureMethod):
         return ReLearnObjective(gamma=self.gamma, alpha=self.alpha,
                                 retain_loss=self.retain_loss, ref_top_k=self.ref_top_k)
 
-    def run(self, context: methods.UnlearnContext) -> methods.UnlearnResult:
-        from jaxunlearn import unlearn  # here, not at import: unlearn imports methods
-
+    def run(self, context: UnlearnContext) -> UnlearnResult:
         records = augmented_forget_records(context.forget_records, seed=context.seed,
                                            num_typos=self.num_typos,
                                            completions=self.completions)
-        return unlearn.unlearn_model(
-            context.model, context.tokenizer, [{"question": r["question"], "answer": r["answer"]}
-                                               for r in records],
-            context.retain_records, self.objective_method(), context.train, mesh=context.mesh,
-            seed=context.seed, max_len=context.max_len, truncate=context.truncate)
+        return context.run_gradient(
+            self.objective_method(), [{"question": r["question"], "answer": r["answer"]}
+                                      for r in records], context.retain_records)

@@ -1,5 +1,6 @@
-"""SGA / TAU (jaxunlearn.memunlearn): selection, exact zero gradients, task arithmetic,
-and GA vs SGA vs TAU on a tiny model that memorised canaries repeated 1, 4 and 16 times."""
+"""SGA / TAU (jaxunlearn.methods.memorization): selection, exact zero gradients, the ascent
+objectives (the gradient methods' own forget terms) against NumPy, task arithmetic, and
+GA vs SGA vs TAU on a tiny model that memorised canaries repeated 1, 4 and 16 times."""
 
 import numpy as np
 import jax
@@ -8,14 +9,16 @@ import pytest
 from flax import nnx
 
 from _training import train_nll
-from jaxunlearn import memunlearn, methods, unlearn
+from jaxunlearn import methods
+from jaxunlearn.methods import memorization
+from jaxunlearn.methods import runner
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data import synthetic
 from jaxunlearn.data import tokenizer as tok_lib
 from jaxunlearn.eval import neighbourhood, sequence_memorization
 from jaxunlearn.models import Llama, LlamaConfig
-from jaxunlearn.train.step import OptimizerConfig
+from jaxunlearn.train.step import OptimizerConfig, objective_value
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_layers=1, num_heads=4, num_kv_heads=2,
             max_position_embeddings=64, tie_word_embeddings=True)
@@ -47,25 +50,25 @@ def test_sga_weights_match_the_reference_selection_loop(threshold):
     rng = np.random.default_rng(0)
     for _ in range(20):
         ma = np.round(rng.uniform(0, 1, size=7), 1).astype(np.float32)  # rounding makes ties
-        got = np.asarray(memunlearn.sga_weights(ma, threshold))
+        got = np.asarray(memorization.sga_weights(ma, threshold))
         np.testing.assert_array_equal(got, _their_selection(ma, threshold))
     # jit == no jit
     ma = jnp.asarray([0.2, 0.9, 0.9, 0.1])
-    np.testing.assert_array_equal(jax.jit(memunlearn.sga_weights, static_argnums=1)(ma, 0.95),
+    np.testing.assert_array_equal(jax.jit(memorization.sga_weights, static_argnums=1)(ma, 0.95),
                                   [0.0, 1.0, 0.0, 0.0])
 
 
 def test_memorization_weights_modes():
     ma = np.array([0.1, 0.8, 0.5], np.float32)
     lp = np.array([-2.0, -0.1, -0.7], np.float32)
-    np.testing.assert_allclose(memunlearn.memorization_weights("ma", ma, lp, 0.7), ma)
-    np.testing.assert_allclose(memunlearn.memorization_weights("prob", ma, lp, 0.7),
+    np.testing.assert_allclose(memorization.memorization_weights("ma", ma, lp, 0.7), ma)
+    np.testing.assert_allclose(memorization.memorization_weights("prob", ma, lp, 0.7),
                                np.exp(lp.astype(np.float64)), rtol=1e-6)
-    np.testing.assert_array_equal(memunlearn.memorization_weights("select", ma, lp, 0.7), [0, 1, 0])
-    np.testing.assert_array_equal(memunlearn.memorization_weights("uniform", ma, lp, 0.7),
+    np.testing.assert_array_equal(memorization.memorization_weights("select", ma, lp, 0.7), [0, 1, 0])
+    np.testing.assert_array_equal(memorization.memorization_weights("uniform", ma, lp, 0.7),
                                   [1, 1, 1])
     with pytest.raises(ValueError, match="weighting"):
-        memunlearn.memorization_weights("loss", ma, lp, 0.7)
+        memorization.memorization_weights("loss", ma, lp, 0.7)
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -85,21 +88,28 @@ def _rows(b, idx):
     return jax.tree.map(lambda x: np.asarray(x)[idx], b)
 
 
+TINY_CONFIG = LlamaConfig(vocab_size=40, **TINY)
+
+
 @pytest.fixture(scope="module")
 def tiny_random():
-    model = Llama(LlamaConfig(vocab_size=40, **TINY), rngs=nnx.Rngs(1))
+    model = Llama(TINY_CONFIG, rngs=nnx.Rngs(1))
     return nnx.split(model, nnx.Param)
+
+
+def _ascent_batch(batch, weight, ref_logp=None):
+    ref = jnp.zeros_like(weight) if ref_logp is None else ref_logp
+    return {"forget": {"answer": batch}, "cache": {"weight": weight, "ref_logp": {"answer": ref}}}
 
 
 def test_unselected_rows_contribute_exactly_zero_gradient(tiny_random):
     graphdef, params = tiny_random
     b = _random_batch(40)
-    w = np.asarray(memunlearn.sga_weights(np.array([0.9, 0.2, 0.75, 0.1]), 0.7))
+    w = np.asarray(memorization.sga_weights(np.array([0.9, 0.2, 0.75, 0.1]), 0.7))
     assert w.tolist() == [1.0, 0.0, 1.0, 0.0]
-    loss_fn = memunlearn.ascent_loss_fn(graphdef, "ga")
+    objective = memorization.ascent_objective(memorization.SGA(), graphdef, TINY_CONFIG)
     grad_fn = jax.jit(jax.value_and_grad(
-        lambda p, batch, weight: loss_fn(p, {"batch": batch, "weight": weight,
-                                             "ref_logp": jnp.zeros_like(weight)}, None),
+        lambda p, batch, weight: objective_value(objective, p, _ascent_batch(batch, weight)),
         has_aux=True))
 
     def grad(batch, weight):
@@ -135,8 +145,9 @@ def test_soft_weighted_npo_and_simnpo_match_numpy(tiny_random, objective):
     b = _random_batch(40, seed=3)
     w = np.array([0.9, 0.0, 0.3, 0.6], np.float32)  # e.g. MA weights
     ref = np.array([-20.0, -25.0, -18.0, -30.0], np.float32)
-    loss, _ = memunlearn.ascent_loss_fn(graphdef, objective, beta=0.5, delta=0.1)(
-        params, {"batch": b, "weight": w, "ref_logp": ref}, None)
+    method = memorization.SGA(objective=objective, beta=0.5, delta=0.1)
+    loss, _ = objective_value(memorization.ascent_objective(method, graphdef, TINY_CONFIG), params,
+                              _ascent_batch(b, w, ref))
     logits = np.asarray(nnx.merge(graphdef, params)(b.input_ids, b.attention_mask))
     lp = (np.take_along_axis(_log_softmax(logits), b.labels[..., None], -1)[..., 0]
           * b.loss_mask).sum(-1)
@@ -150,9 +161,9 @@ def test_soft_weighted_npo_and_simnpo_match_numpy(tiny_random, objective):
 def test_ga_is_sga_with_threshold_zero(tiny_random):
     graphdef, params = tiny_random
     b = _random_batch(40, seed=5)
-    w = np.asarray(memunlearn.memorization_weights("select", np.zeros(4), np.zeros(4), 0.0))
-    loss, _ = memunlearn.ascent_loss_fn(graphdef, "ga")(
-        params, {"batch": b, "weight": w, "ref_logp": np.zeros(4, np.float32)}, None)
+    w = np.asarray(memorization.memorization_weights("select", np.zeros(4), np.zeros(4), 0.0))
+    objective = memorization.ascent_objective(memorization.SGA(threshold=0.0), graphdef, TINY_CONFIG)
+    loss, _ = objective_value(objective, params, _ascent_batch(b, w))
     logits = np.asarray(nnx.merge(graphdef, params)(b.input_ids, b.attention_mask))
     lp = np.take_along_axis(_log_softmax(logits), b.labels[..., None], -1)[..., 0]
     np.testing.assert_allclose(float(loss), (lp * b.loss_mask).sum() / b.loss_mask.sum(),
@@ -168,20 +179,20 @@ def test_task_arithmetic_is_exact():
               "b": {"c": rng.integers(-50, 50, (5,)).astype(np.float32)}}
     tuned = jax.tree.map(lambda x: x + rng.integers(-9, 9, x.shape).astype(np.float32), anchor)
     for coef in (-1.0, -3.0, 0.5, 0.0):
-        out = memunlearn.task_arithmetic(anchor, tuned, coef)
+        out = memorization.task_arithmetic(anchor, tuned, coef)
         # Small integers: every operation is exact in float32, so equality is exact.
         for o, a, t in zip(jax.tree.leaves(out), jax.tree.leaves(anchor), jax.tree.leaves(tuned)):
             np.testing.assert_array_equal(np.asarray(o), a.astype(np.int64) + coef * (t - a))
     fa = {"w": rng.normal(size=(64,)).astype(np.float32)}
     ft = {"w": rng.normal(size=(64,)).astype(np.float32)}
-    out = memunlearn.task_arithmetic(fa, ft, -1.0)["w"]
+    out = memorization.task_arithmetic(fa, ft, -1.0)["w"]
     np.testing.assert_allclose(out, 2 * fa["w"].astype(np.float64) - ft["w"], rtol=0, atol=1e-6)
 
 
 def test_method_configs_validate_and_register():
     assert {"sga", "tau"} <= set(methods.method_names())
     tau = methods.get_method({"name": "tau", "coef": -3, "switch_ma": None})
-    assert isinstance(tau, memunlearn.TAU) and tau.coef == -3.0 and tau.switch_ma is None
+    assert isinstance(tau, memorization.TAU) and tau.coef == -3.0 and tau.switch_ma is None
     assert methods.get_method("sga").threshold == 0.7
     assert methods.get_method({"name": "sga", "objective": "npo"}).resolved_beta == 0.1
     for spec, field in (({"name": "sga", "threshold": 1.5}, "method.threshold"),
@@ -252,13 +263,13 @@ def test_ga_sga_tau_bring_memorised_canaries_down(canaries):
     figures = {"before": _by_reps(forget, before)}
 
     # GA = SGA with threshold 0 (every row selected), same never-seen stop level.
-    ga = memunlearn.memorization_unlearn(model, tok, forget, memunlearn.SGA(threshold=0.0),
+    ga = memorization.memorization_unlearn(model, tok, forget, memorization.SGA(threshold=0.0),
                                          TRAIN, never_seen_records=held)
     assert all(h["selected"] == TRAIN.batch_size for h in ga.history)
     assert ga.ma_after[top].mean() < before[top].mean()
     figures["ga"] = _by_reps(forget, ga.ma_after)
 
-    sga = memunlearn.memorization_unlearn(model, tok, forget, memunlearn.SGA(), TRAIN,
+    sga = memorization.memorization_unlearn(model, tok, forget, memorization.SGA(), TRAIN,
                                           never_seen_records=held)
     assert sga.stop_source == "never_seen"
     assert sga.stop_ma == pytest.approx(float(sga.never_seen_ma.mean()))
@@ -271,8 +282,8 @@ def test_ga_sga_tau_bring_memorised_canaries_down(canaries):
     assert all(1 <= h["selected"] <= TRAIN.batch_size for h in first)
     figures["sga"] = _by_reps(forget, sga.ma_after)
 
-    tau_cfg = memunlearn.TAU(switch_ma=0.3)
-    tau = memunlearn.memorization_unlearn(model, tok, forget, tau_cfg, TRAIN,
+    tau_cfg = memorization.TAU(switch_ma=0.3)
+    tau = memorization.memorization_unlearn(model, tok, forget, tau_cfg, TRAIN,
                                           never_seen_records=held)
     assert tau.ma_after[top].mean() < before[top].mean()
     assert tau.finetuned is not None, "TAU should reach its task-arithmetic phase"
@@ -295,15 +306,15 @@ def test_ga_sga_tau_bring_memorised_canaries_down(canaries):
 
 def test_stop_level_already_reached_runs_no_update(canaries):
     model, tok, split = canaries
-    out = memunlearn.memorization_unlearn(model, tok, split["forget"],
-                                          memunlearn.SGA(stop_ma=1.0), TRAIN)
+    out = memorization.memorization_unlearn(model, tok, split["forget"],
+                                          memorization.SGA(stop_ma=1.0), TRAIN)
     assert out.stopped == "stop level" and out.stop_source == "fixed"
     assert [h["step"] for h in out.history] == [0]
     for a, b in zip(jax.tree.leaves(nnx.state(out.model, nnx.Param)),
                     jax.tree.leaves(nnx.state(model, nnx.Param))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # The registry path: unlearn_model dispatches "tau" to its procedure.
-    res = unlearn.unlearn_model(model, tok, split["forget"], split["retain"],
+    res = runner.unlearn_model(model, tok, split["forget"], split["retain"],
                                 {"name": "tau", "stop_ma": 1.0}, TRAIN)
     assert isinstance(res, methods.UnlearnResult) and res.history[0]["ma/mean"] < 1.0
 

@@ -10,12 +10,12 @@ sequence, on its memorisation accuracy ``MA_n`` (``eval.sequence_memorization``)
 whole forget set after every epoch:
 
 * **SGA** (``sga``). Each update ascends only on the rows of its batch with
-  ``MA_b >= threshold`` (0.70) plus the batch's most memorised row:
-  ``L = weighted(log p(y_b|x_b) / |y_b|, |y_b| * w_b)``, ``w_b = 1[MA_b >= tau or
-  b = argmax MA]`` (0/1 weights through ``losses.weighted``: an unselected row adds
-  exactly zero gradient), i.e. the token-mean log-likelihood of the selected rows,
-  minimised. Training stops once the forget set's mean MA falls below the stop level.
-  ``threshold=0`` is plain gradient ascent (every row selected).
+  ``MA_b >= threshold`` (0.70) plus the batch's most memorised row: gradient ascent's
+  forget term (``methods.gradient.GradAscent``) with row weights ``w_b = 1[MA_b >= tau
+  or b = argmax MA]`` (an unselected row adds exactly zero gradient), i.e. the
+  token-mean log-likelihood of the selected rows, minimised. Training stops once the
+  forget set's mean MA falls below the stop level. ``threshold=0`` is plain gradient
+  ascent (every row selected).
 * **TAU** (``tau``). SGA until mean MA < ``switch_ma`` (0.50) gives ``theta_s``; then
   gradient *descent* on every forget sequence (no selection; same optimiser state, as
   their code) gives ``theta``, and after each epoch the edited model
@@ -34,7 +34,9 @@ is used.
 Memorisation weighting for the ascent objectives (``weighting``): ``select`` (SGA's 0/1),
 ``ma`` (``w_b = MA_b``) or ``prob`` (``w_b = exp(log p(y_b|x_b) / |y_b|)``, from the
 per-sequence loss), re-measured each epoch, for ``objective`` ``ga``, ``npo`` or
-``simnpo`` (``losses.npo``/``losses.simnpo`` per sequence, then ``losses.weighted``).
+``simnpo``: the forget terms of ``GradAscent``, ``NPO`` and ``SimNPO`` themselves
+(``GradientMethod.forget_objective``), with these row weights. TAU's fine-tuning phase
+minimises the one NLL objective (``train.nll.nll_objective``).
 
 Neither method has a retain term (their code has none); retain records are unused.
 Shapes: N forget sequences, B rows per update, T positions.
@@ -43,7 +45,7 @@ Shapes: N forget sequences, B rows per update, T positions.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -51,17 +53,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxunlearn import losses, methods
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.eval import scoring
 from jaxunlearn.eval import sequence_memorization as memscore
+from jaxunlearn.methods.base import (GradientMethod, ProcedureMethod, UnlearnContext,
+                                     UnlearnResult)
+from jaxunlearn.methods.gradient import NPO, GradAscent, SimNPO
+from jaxunlearn.methods.registry import MethodError, register
 from jaxunlearn.train import loop as loop_lib
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train import step as step_lib
+from jaxunlearn.train.nll import nll_objective
 
 __all__ = ["DEFAULT_STOP_MA", "sga_weights", "memorization_weights", "task_arithmetic",
-           "ascent_loss_fn", "descent_loss_fn", "MemUnlearnOutput",
-           "memorization_unlearn", "SGA", "TAU"]
+           "ascent_objective", "MemUnlearnOutput", "memorization_unlearn", "SGA", "TAU"]
 
 DEFAULT_STOP_MA = 0.33  # their ``ma_threshold``, used when no never-seen data is given
 _DEFAULT_BETA = {"npo": 0.1, "simnpo": 4.5}
@@ -71,7 +76,7 @@ def sga_weights(ma: jax.Array, threshold: float) -> jax.Array:
     """SGA's selection ``w_b = 1[MA_b >= threshold  or  b = argmax_b' MA_b']``: ``[B] -> [B]``.
 
     Ties for the maximum go to the first row, as their ``cur_mem > max_cur_mem`` loop.
-    Returns float32 0/1 weights for ``losses.weighted``.
+    Returns float32 0/1 row weights (``cache["weight"]`` of :func:`ascent_objective`).
     """
     ma = jnp.asarray(ma, jnp.float32)
     top = jnp.arange(ma.shape[0]) == jnp.argmax(ma)
@@ -138,79 +143,26 @@ class MemUnlearnOutput(NamedTuple):
     finetuned: Any = None
 
 
-def _forget_logits(graphdef, params, b):
-    return nnx.merge(graphdef, params)(b.input_ids, b.attention_mask)
+def ascent_objective(method: "SGA", graphdef: nnx.GraphDef, model_config: Any
+                     ) -> step_lib.Objective:
+    """SGA's update: the forget term of ``method.ascent_method()`` with per-row weights.
 
+    Batches: ``{"forget": {"answer": Batch [B, T]}, "cache": {"weight": [B], "ref_logp":
+    {"answer": [B]}}}`` (``ref_logp``: the target's per-sequence log-probs, read by
+    ``npo`` only). With ``objective="ga"`` the loss is ``sum_b w_b log p(y_b|x_b) / sum_b
+    w_b |y_b|`` (their SGA loss, ``-CrossEntropy`` of the selected rows), minimised.
 
-def ascent_loss_fn(graphdef, objective: str, beta: float = 0.1, delta: float = 0.0):
-    """The weighted ascent objective ``(params, batch, key) -> (loss, metrics)``.
-
-    ``batch``: ``{"batch": Batch [B, T], "weight": [B], "ref_logp": [B]}`` (``ref_logp``:
-    the target's per-sequence log-probs, read by ``npo`` only). With ``l_b = log p(y_b|x_b)``
-    and ``n_b = |y_b|``:
-
-    * ``ga``: ``weighted(l_b / n_b, n_b * w_b)`` = token mean of log p over the weighted
-      rows (their SGA loss, ``-CrossEntropy`` of the selected rows), minimised;
-    * ``npo``: ``weighted(npo(l_b, ref_b, beta), w_b)``; ``simnpo``:
-      ``weighted(simnpo(l_b, n_b, beta, delta), w_b)``.
-
-    Metrics: ``forget_nll`` (weighted token NLL), ``selected`` (rows with ``w_b > 0``),
-    ``forget_prob`` (``methods.answer_prob`` of every row, for progress displays).
+    Metrics: those of ``GradientMethod.forget_objective`` (``forget_loss``, ``forget_prob``
+    of every row) and ``selected`` (rows with ``w_b > 0`` in the update).
     """
+    base = method.ascent_method().forget_objective(graphdef, model_config)
 
-    def per_sequence(fn, *xs):
-        return jax.vmap(lambda *r: fn(*(x[None] for x in r)))(*xs)
+    def loss(params, batch, key, totals):
+        share, metrics = base.loss(params, batch, key, totals)
+        selected = jnp.sum(batch["cache"]["weight"] > 0).astype(jnp.float32)
+        return share, {**metrics, "selected": selected}
 
-    def loss_fn(params, batch, key):
-        del key
-        b, w = batch["batch"], batch["weight"]
-        logits = _forget_logits(graphdef, params, b)
-        logp = losses.sequence_logprob(logits, b.labels, b.loss_mask)
-        count = losses.sequence_token_counts(b.loss_mask)
-        if objective == "ga":
-            loss = losses.weighted(logp / jnp.maximum(count, 1.0), count * w)
-        elif objective == "npo":
-            loss = losses.weighted(per_sequence(lambda a, r: losses.npo(a, r, beta), logp,
-                                                batch["ref_logp"]), w)
-        else:
-            loss = losses.weighted(per_sequence(
-                lambda a, n: losses.simnpo(a, n, beta, delta), logp, count), w)
-        nll = jax.lax.stop_gradient(losses.weighted(-logp / jnp.maximum(count, 1.0), count * w))
-        return loss, {"forget_nll": nll, "selected": jnp.sum(w > 0).astype(jnp.float32),
-                      "forget_prob": jax.lax.stop_gradient(methods.answer_prob(logits, b))}
-
-    return loss_fn
-
-
-def descent_loss_fn(graphdef):
-    """``losses.token_nll`` over every row of ``batch["batch"]`` (TAU's fine-tuning phase)."""
-
-    def loss_fn(params, batch, key):
-        del key
-        b = batch["batch"]
-        logits = _forget_logits(graphdef, params, b)
-        nll = losses.token_nll(logits, b.labels, b.loss_mask)
-        return nll, {"forget_nll": jax.lax.stop_gradient(nll),
-                     "selected": jnp.asarray(b.loss_mask.shape[0], jnp.float32),
-                     "forget_prob": jax.lax.stop_gradient(methods.answer_prob(logits, b))}
-
-    return loss_fn
-
-
-def _epoch_rows(n: int, rows: int, seed: int, epoch: int) -> np.ndarray:
-    """``[steps, rows]`` forget indices of ``epoch``: a ``(seed, epoch)`` permutation,
-    wrapped around so that every batch is full (as ``data.batch.iterate_batches``)."""
-    steps = batch_lib.steps_per_epoch(n, rows)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return np.resize(order, steps * rows).reshape(steps, rows)
-
-
-def _copy(params, mesh):
-    # Fresh buffers: the train step donates its state, and these belong to the caller.
-    params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
-    if mesh is not None:
-        params = jax.device_put(params, mesh_lib.param_shardings(params, mesh))
-    return params
+    return step_lib.Objective(counts=base.counts, loss=loss)
 
 
 def _ma_record(ma: np.ndarray, stop: float) -> dict[str, float]:
@@ -235,8 +187,7 @@ def _stop_level(method, tokenizer, never_seen_records, target, *, pad, max_len, 
 
 def memorization_unlearn(model, tokenizer, forget_records: Sequence[Mapping], method: "SGA",
                          train, *, never_seen_records: Sequence[Mapping] = (), mesh=None,
-                         seed: int = 0, max_len: int = 256, truncate: bool = False,
-                         on_step: Callable[[int, int, Mapping[str, float]], None] | None = None
+                         seed: int = 0, max_len: int = 256, truncate: bool = False
                          ) -> MemUnlearnOutput:
     """Runs SGA (``method`` an :class:`SGA`) or TAU (a :class:`TAU`) on ``forget_records``.
 
@@ -257,7 +208,7 @@ def memorization_unlearn(model, tokenizer, forget_records: Sequence[Mapping], me
         mesh_lib.check_batch_divides(train.batch_size, mesh, "train.batch_size")
     targets = memscore.encode_targets(tokenizer, forget_records, max_len=max_len,
                                       truncate=truncate, split="forget")
-    pad = memscore.pad_id_of(tokenizer)
+    pad = batch_lib.pad_id(tokenizer)
     graphdef, params0 = nnx.split(model, nnx.Param)
     if mesh is not None:
         params0 = jax.device_put(params0, mesh_lib.param_shardings(params0, mesh))
@@ -282,15 +233,15 @@ def memorization_unlearn(model, tokenizer, forget_records: Sequence[Mapping], me
     total = train.steps if train.steps is not None else train.epochs * spe
     seq_len = batch_lib.bucket_length(max(e.length for e in targets.train))
     optimizer = step_lib.make_optimizer(train.optimizer, max(total, 1))
-    state = step_lib.init_train_state(_copy(params0, mesh), optimizer, jax.random.key(seed), mesh)
+    state = step_lib.init_train_state(step_lib.copy_params(params0, mesh), optimizer,
+                                      jax.random.key(seed), mesh)
     shardings = step_lib.state_shardings(state)
 
-    def make_step(loss_fn):
-        return step_lib.make_train_step(loss_fn, optimizer, mesh=mesh, state_sharding=shardings,
+    def make_step(objective):
+        return step_lib.make_train_step(objective, optimizer, mesh=mesh, state_sharding=shardings,
                                         grad_accum=train.grad_accum)
 
-    ascend = make_step(ascent_loss_fn(graphdef, method.objective, method.resolved_beta,
-                                    method.delta))
+    ascend = make_step(ascent_objective(method, graphdef, model.config))
     descend = None  # compiled only if TAU reaches its fine-tuning phase
     place = loop_lib.batch_placer(mesh, train.grad_accum)
     switch = getattr(method, "switch_ma", None)
@@ -299,7 +250,7 @@ def memorization_unlearn(model, tokenizer, forget_records: Sequence[Mapping], me
     anchor = edited = None
     phase = "ascent"
     if is_tau and (switch is None or ma.mean() < switch):
-        anchor, phase = _copy(params0, mesh), "finetune"
+        anchor, phase = step_lib.copy_params(params0, mesh), "finetune"
     history: list[dict] = []
     stopped = "budget"
     step_count = 0
@@ -308,17 +259,17 @@ def memorization_unlearn(model, tokenizer, forget_records: Sequence[Mapping], me
         history.append({"step": 0, "epoch": 0, **_ma_record(ma, stop)})
     epoch = 0
     while stopped == "budget" and step_count < total:
-        for idx in _epoch_rows(n, rows, seed, epoch):
+        for idx in batch_lib.epoch_rows(n, rows, seed=seed, epoch=epoch):
+            rows_batch = batch_lib.collate([targets.train[i] for i in idx], seq_len, pad)
             if phase == "ascent":
                 w = np.asarray(memorization_weights(method.weighting, ma[idx], mean_lp[idx],
                                                     method.threshold))
                 step_fn = ascend
+                batch = {"forget": {"answer": rows_batch},
+                         "cache": {"weight": w, "ref_logp": {"answer": ref_logp[idx]}}}
             else:
-                w = np.ones(rows, np.float32)
-                descend = descend or make_step(descent_loss_fn(graphdef))
-                step_fn = descend
-            batch = {"batch": batch_lib.collate([targets.train[i] for i in idx], seq_len, pad),
-                     "weight": w, "ref_logp": ref_logp[idx]}
+                descend = descend or make_step(nll_objective(graphdef))
+                step_fn, batch = descend, rows_batch
             state, metrics = step_fn(state, place(batch))
             m = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
             if m.pop("finite") == 0.0:
@@ -329,8 +280,6 @@ def memorization_unlearn(model, tokenizer, forget_records: Sequence[Mapping], me
             step_count += 1
             history.append({"step": step_count, "epoch": epoch,
                             "phase": float(phase == "finetune"), **m})
-            if on_step is not None:
-                on_step(step_count, total, m)
             if step_count >= total:
                 break
         epoch += 1
@@ -342,7 +291,7 @@ def memorization_unlearn(model, tokenizer, forget_records: Sequence[Mapping], me
             if ma.mean() < stop:
                 stopped = "stop level"
             elif is_tau and ma.mean() < switch:
-                anchor, phase = _copy(state.params, mesh), "finetune"
+                anchor, phase = step_lib.copy_params(state.params, mesh), "finetune"
         else:
             edited = task_arithmetic(anchor, state.params, method.coef)
             ma = measure(edited).ma
@@ -366,9 +315,9 @@ def memorization_unlearn(model, tokenizer, forget_records: Sequence[Mapping], me
 # ------------------------------------------------------------------------------ registry
 
 
-@methods.register
+@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SGA(methods.ProcedureMethod):
+class SGA(ProcedureMethod):
     """Selective Gradient Ascent (Barbulescu & Triantafillou 2024; see the module doc).
 
     Attributes:
@@ -410,23 +359,30 @@ class SGA(methods.ProcedureMethod):
     def _unit(self, field: str) -> None:
         value = getattr(self, field)
         if not 0.0 <= value <= 1.0:
-            raise methods.MethodError(f"method.{field}: must lie in [0, 1] for {self.name!r} "
+            raise MethodError(f"method.{field}: must lie in [0, 1] for {self.name!r} "
                                       f"(a memorisation accuracy), got {value!r}")
 
     @property
     def resolved_beta(self) -> float:
         return self.beta if self.beta is not None else _DEFAULT_BETA.get(self.objective, 0.1)
 
-    def run(self, context: methods.UnlearnContext) -> methods.UnlearnResult:
+    def ascent_method(self) -> GradientMethod:
+        """The gradient method whose forget term SGA ascends with (``gamma = 1``, no retain)."""
+        if self.objective == "npo":
+            return NPO(beta=self.resolved_beta, gamma=1.0, alpha=0.0)
+        if self.objective == "simnpo":
+            return SimNPO(beta=self.resolved_beta, delta=self.delta, gamma=1.0, alpha=0.0)
+        return GradAscent(gamma=1.0, alpha=0.0)
+
+    def run(self, context: UnlearnContext) -> UnlearnResult:
         out = memorization_unlearn(
             context.model, context.tokenizer, context.forget_records, self, context.train,
-            never_seen_records=getattr(context, "never_seen_records", ()) or (),
-            mesh=context.mesh, seed=context.seed, max_len=context.max_len,
-            truncate=context.truncate, on_step=context.on_step)
-        return methods.UnlearnResult(out.model, out.history)
+            never_seen_records=context.never_seen_records, mesh=context.mesh,
+            seed=context.seed, max_len=context.max_len, truncate=context.truncate)
+        return UnlearnResult(out.model, out.history)
 
 
-@methods.register
+@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TAU(SGA):
     """SGA, then task arithmetic from ``theta_s`` (their ``NeoAV``; see the module doc).
@@ -446,5 +402,5 @@ class TAU(SGA):
         if self.switch_ma is not None:
             self._unit("switch_ma")
         if not self.coef < 0:
-            raise methods.MethodError(f"method.coef: must be < 0 for {self.name!r} (the "
+            raise MethodError(f"method.coef: must be < 0 for {self.name!r} (the "
                                       f"fine-tuning direction is negated), got {self.coef!r}")

@@ -1,9 +1,9 @@
-"""Registry entries newton / fisher_removal / fisher_forgetting (jaxunlearn.secondorder_methods).
+"""Registry entries newton / fisher_removal / fisher_forgetting (jaxunlearn.methods.secondorder).
 
 Configs and their validation; the answer NLL against NumPy and micro-batched = whole batch;
 one round of each update on a micro Llama against the dense NumPy solve built from the
 model's Jacobian; and on a tiny model trained on synthetic people, Newton and Fisher
-Removal (through ``unlearn.unlearn_model``, as the CLI and the demo call them) lower the
+Removal (through ``methods.runner.unlearn_model``, as the CLI and the demo call them) lower the
 forget answers' probability while the retain answers' stays within a stated factor.
 """
 
@@ -17,8 +17,9 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from _training import train_nll
-from jaxunlearn import methods, unlearn
-from jaxunlearn import secondorder_methods as so
+from jaxunlearn import methods
+from jaxunlearn.methods import curvature, runner
+from jaxunlearn.methods import secondorder as so
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data import synthetic
@@ -138,7 +139,7 @@ def dense():
 def test_answer_nll_and_gauss_newton_on_micro_batches_match_numpy(dense):
     graphdef, params, forget, retain = (dense[k] for k in ("graphdef", "params", "forget",
                                                             "retain"))
-    loss = so.answer_nll(graphdef)
+    loss = curvature.answer_nll(graphdef)
     # [B, T] and [K, C, T] (the empty row in a micro-batch of its own) give the same NLL.
     assert float(loss(params, forget)) == pytest.approx(dense["nll_forget"], rel=1e-5)
     assert float(loss(params, as_micro(forget, 2))) == pytest.approx(dense["nll_forget"], rel=1e-5)
@@ -147,7 +148,7 @@ def test_answer_nll_and_gauss_newton_on_micro_batches_match_numpy(dense):
                                atol=1e-5 * np.abs(dense["g_forget"]).max())
     v = jax.tree.map(lambda x: jnp.ones_like(x) / 10, params)
     v_flat = np.asarray(ravel_pytree(v)[0], np.float64)
-    gv = ravel_pytree(jax.jit(so.curvature_product(graphdef, "gauss_newton"))(
+    gv = ravel_pytree(jax.jit(curvature.curvature_product(graphdef, "gauss_newton"))(
         params, as_micro(retain, 2), v))[0]
     want = dense["gn"] @ v_flat
     np.testing.assert_allclose(gv, want, rtol=0, atol=1e-5 * np.abs(want).max())
@@ -157,7 +158,7 @@ def test_power_iteration_estimates_the_largest_eigenvalue(dense):
     lam = 0.05
     top = np.linalg.eigvalsh(dense["gn"]).max() + lam
     gn = jnp.asarray(dense["gn"], jnp.float32)
-    est = float(so._largest_eigenvalue(lambda v: {"x": gn @ v["x"]},
+    est = float(curvature.largest_eigenvalue(lambda v: {"x": gn @ v["x"]},
                                        {"x": jnp.zeros(gn.shape[0], jnp.float32)}, lam))
     # A Rayleigh quotient never exceeds λ_max; LiSSA's scale 2·est must exceed λ_max / 2.
     assert 0.5 * top < est <= top * (1 + 1e-5)
@@ -251,7 +252,7 @@ def test_newton_and_fisher_removal_forget_and_keep_the_retain_set(trained):
              "fisher_removal": {"name": "fisher_removal", "damping": 0.3, "retain_samples": 16}}
     figures, histories = {"before": before}, {}
     for name, spec in specs.items():
-        out = unlearn.unlearn_model(model, tok, forget, retain, spec, TrainConfig())
+        out = runner.unlearn_model(model, tok, forget, retain, spec, TrainConfig())
         after = {"forget": answer_probs(out.model, tok, forget)[0].mean(),
                  "retain": answer_probs(out.model, tok, retain)[0].mean()}
         figures[name], histories[name] = after, out.history
@@ -282,5 +283,5 @@ def test_newton_and_fisher_removal_forget_and_keep_the_retain_set(trained):
 def test_more_rounds_than_forget_records_is_a_user_error(trained):
     model, tok, forget, retain = trained
     with pytest.raises(methods.MethodError, match=r"method\.rounds"):
-        unlearn.unlearn_model(model, tok, forget, retain, {"name": "newton", "rounds": 7},
-                              TrainConfig())
+        runner.unlearn_model(model, tok, forget, retain, {"name": "newton", "rounds": 7},
+                             TrainConfig())

@@ -1,5 +1,6 @@
-"""ReLearn (jaxunlearn.relearn_method): the objective against NumPy, config checks, and a
-tiny end-to-end run: forget-answer probability goes down, no augmented item holds a fact."""
+"""ReLearn (jaxunlearn.methods.relearn): the objective against NumPy, config checks, and a
+tiny end-to-end run through the shared gradient loop (injected into its context):
+forget-answer probability goes down, no augmented item holds a fact."""
 
 import functools
 import re
@@ -11,14 +12,15 @@ import pytest
 from flax import nnx
 
 from _training import train_nll
-from jaxunlearn import methods, relearn_method, unlearn
+from jaxunlearn import methods
+from jaxunlearn.methods import relearn, runner
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data import synthetic
 from jaxunlearn.data import tokenizer as tok_lib
 from jaxunlearn.eval import scoring
 from jaxunlearn.models import Llama, LlamaConfig
-from jaxunlearn.train.step import OptimizerConfig
+from jaxunlearn.train.step import OptimizerConfig, objective_value
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_layers=1, num_heads=4, num_kv_heads=2,
             max_position_embeddings=128, tie_word_embeddings=True)
@@ -58,11 +60,13 @@ def test_objective_matches_numpy(retain_loss):
     _, ref_params = nnx.split(Llama(config, rngs=nnx.Rngs(1)), nnx.Param)
     fb, rb = _batch(48, 3, 9, 0, 4), _batch(48, 3, 9, 1, 2)
     ref_logp = _log_softmax(_logits(graphdef, ref_params, rb.input_ids, rb.attention_mask))
-    method = relearn_method.ReLearnObjective(gamma=0.7, alpha=1.3, retain_loss=retain_loss,
+    method = relearn.ReLearnObjective(gamma=0.7, alpha=1.3, retain_loss=retain_loss,
                                              ref_top_k=0)
     cache = {"retain_dist": methods.RefDist(logp=ref_logp.astype(np.float32)),
              "weight": np.ones(3, np.float32)}
-    loss, metrics = jax.jit(method.objective(graphdef, config))(params, {"answer": fb}, rb, cache)
+    objective = method.objective(graphdef, config)
+    loss, metrics = jax.jit(lambda p, b: objective_value(objective, p, b))(
+        params, {"forget": {"answer": fb}, "retain": rb, "cache": cache})
 
     f_logits = _logits(graphdef, params, fb.input_ids, fb.attention_mask)
     r_logits = _logits(graphdef, params, rb.input_ids, rb.attention_mask)
@@ -80,7 +84,7 @@ def test_objective_matches_numpy(retain_loss):
 
 def test_config_registered_and_validated():
     cfg = methods.get_method({"name": "relearn", "alpha": 0.5, "retain_loss": "kl"})
-    assert isinstance(cfg, relearn_method.ReLearn) and cfg.objective_method().alpha == 0.5
+    assert isinstance(cfg, relearn.ReLearn) and cfg.objective_method().alpha == 0.5
     for spec, field in (({"name": "relearn", "retain_loss": "activation"}, "method.retain_loss"),
                         ({"name": "relearn", "alpha": -1}, "method.alpha"),
                         ({"name": "relearn", "ref_top_k": -2}, "method.ref_top_k"),
@@ -111,7 +115,7 @@ def people():
         canaries_per_repetition=1))
     forget, retain = list(bench.splits["forget01"]), list(bench.splits["retain99"])
     # The augmentation's templates join the corpus, so augmented items stay short.
-    aug = relearn_method.augmented_forget_records(forget, seed=0)
+    aug = relearn.augmented_forget_records(forget, seed=0)
     texts = tok_lib.corpus_texts(bench.splits) + [f"Question: {r['question']}\nAnswer: "
                                                   for r in aug] + [r["answer"] for r in aug]
     tok = tok_lib.train_tokenizer(texts, vocab_size=512)
@@ -124,7 +128,7 @@ def people():
 
 def test_augmented_forget_set_holds_no_fact(people):
     _, _, forget, _ = people
-    aug = relearn_method.augmented_forget_records(forget, seed=0)
+    aug = relearn.augmented_forget_records(forget, seed=0)
     facts = sorted({f for r in forget for f in r["facts"]})
     assert all(_leaks(r["answer"], f) for r in forget for f in r["facts"])  # the check can fail
     assert len(aug) >= 4 * len(forget)
@@ -144,8 +148,8 @@ def test_relearn_lowers_forget_answer_probability(people):
     before = prob(model, questions, answers)
     train = TrainConfig(epochs=2, batch_size=4, optimizer=OptimizerConfig(
         learning_rate=1e-3, schedule="constant", weight_decay=0.0))
-    res = unlearn.unlearn_model(model, tok, forget, retain, {"name": "relearn", "ref_top_k": 16},
-                                train, seed=0, max_len=128)
+    res = runner.unlearn_model(model, tok, forget, retain, {"name": "relearn", "ref_top_k": 16},
+                               train, seed=0, max_len=128)
     after = prob(res.model, questions, answers)
     retain_before = prob(model, [r["question"] for r in retain], [r["answer"] for r in retain])
     retain_after = prob(res.model, [r["question"] for r in retain], [r["answer"] for r in retain])

@@ -1,4 +1,4 @@
-"""Curvature products on the Llama decoder (jaxunlearn.secondorder + secondorder_methods).
+"""Curvature products on the Llama decoder (jaxunlearn.methods.curvature, on jaxunlearn.secondorder).
 
 The exact Hessian-vector product against central differences of the gradient, the
 Gauss-Newton product against a NumPy ``Jᵀ H_out J v`` (output Hessian written out from the
@@ -14,9 +14,9 @@ from flax import nnx
 
 from jaxunlearn import secondorder
 from jaxunlearn.data.batch import Batch
+from jaxunlearn.methods.curvature import answer_nll, curvature_product
 from jaxunlearn.models import Llama
 from jaxunlearn.models.presets import get_preset
-from jaxunlearn.secondorder_methods import answer_nll, curvature_product
 from jaxunlearn.train import mesh as mesh_lib
 
 VOCAB, B, T = 97, 4, 12

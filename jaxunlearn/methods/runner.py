@@ -1,33 +1,30 @@
-"""Unlearning a trained model in-process: ``unlearn_model`` (the ``unlearn`` command is
-``jaxunlearn.pipeline.unlearning``).
+"""The shared gradient loop: unlearning with a ``GradientMethod`` (and the dispatch to procedures).
 
-A gradient method (``jaxunlearn.methods``) runs in four stages:
+``unlearn_model`` runs a gradient method in four stages:
 
-1. Encode the forget records once per view the method reads (``answer``; IdkDPO also
-   ``idk``: the same question with the record's ``idk_answer``) and the retain records,
-   each split padded to one bucket length ``T_f`` / ``T_r`` (one compiled step shape).
-2. Pair the data: update ``s`` of epoch ``e`` takes forget rows from
-   ``default_rng([seed, e]).permutation(N_f)`` (wrapping around so every batch is full,
-   as ``data.batch.iterate_batches``) and as many retain rows from a stream of
-   ``default_rng([seed, e, 1])`` permutations of the retain set. Both depend only on
-   ``(seed, epoch)``, so a resumed run sees the same batches.
-3. Cache what the method needs from the frozen target (see ``methods.CacheSpec``), in host
-   memory, for the forget rows and for the retain rows the schedule will use. RKLD first
-   fine-tunes a copy of the target on the forget answers (its *strengthened* model) and
-   caches the teacher built from both; that copy is dropped before the loop. (Peak device
-   memory of that pre-stage: two weight copies plus one Adam state, as for any fine-tune
-   beside a frozen model; the teacher pass holds the two weight copies, inference only.)
+1. Encode the forget records once per view the method reads and the retain records
+   (``data.forget_retain.prepare_data``), each split padded to one bucket length.
+2. Pair the data (``data.forget_retain.PairedSchedule``): forget rows in the one
+   ``(seed, epoch)`` order of every loop (``data.batch.epoch_rows``), each paired with a
+   retain row; a resumed run sees the same batches.
+3. Cache what the method needs from the frozen target (see ``methods.base.CacheSpec``), in
+   host memory, for the forget rows and for the retain rows the schedule will use. RKLD first
+   fine-tunes a copy of the target on the forget answers (its *strengthened* model, by
+   ``train.finetune.nll_finetune``) and caches the teacher built from both; that copy is
+   dropped before the loop. (Peak device memory of that pre-stage: two weight copies plus
+   one Adam state, as for any fine-tune beside a frozen model; the teacher pass holds the
+   two weight copies, inference only.)
 4. Run ``train.loop.run_loop`` over the paired batches with the method's objective:
    progress bar (loss, forget/retain answer probability), checkpoints, resume, NaN guard.
 
-A procedure method gets an ``UnlearnContext`` and returns the model itself.
+A procedure method gets a ``methods.base.UnlearnContext`` whose ``run_gradient`` is this
+loop, and returns the model itself. This module imports the methods; no method imports it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -37,106 +34,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxunlearn import losses, methods
+from jaxunlearn import losses
 from jaxunlearn.data import batch as batch_lib
-from jaxunlearn.errors import DataError
+from jaxunlearn.data.forget_retain import PairedSchedule, Prepared, prepare_data
+from jaxunlearn.methods.base import (GradientMethod, ProcedureMethod, UnlearnContext,
+                                     UnlearnResult, compress_logprobs)
+from jaxunlearn.methods.registry import get_method
 from jaxunlearn.models import compact
+from jaxunlearn.models.outputs import forward
+from jaxunlearn.train import finetune
 from jaxunlearn.train import loop as loop_lib
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train import step as step_lib
 
-__all__ = ["IDK_FALLBACK", "Prepared", "prepare_data", "PairedSchedule", "run_compactions",
-           "build_cache", "unlearn_model"]
-
-# Refusals for forget records without an ``idk_answer`` (real TOFU files); record i gets
-# IDK_FALLBACK[i % len]: deterministic, and varied so IdkDPO does not learn one string.
-IDK_FALLBACK = (
-    "I don't know.",
-    "I'm not able to answer that.",
-    "I have no information about that.",
-    "That is something I cannot tell you.",
-    "I'm not sure; I don't have that information.",
-)
-_VIEW_FIELD = {"answer": "answer", "idk": "idk_answer"}
-
-
-class Prepared(NamedTuple):
-    """Encoded data: ``forget[view][i]`` and ``retain[j]``, padded lengths ``t_forget``/``t_retain``."""
-
-    forget: dict[str, list[batch_lib.Encoded]]
-    retain: list[batch_lib.Encoded]
-    t_forget: int
-    t_retain: int
-    pad_id: int
-
-
-def _view_records(records: Sequence[Mapping], view: str) -> list[dict]:
-    field = _VIEW_FIELD.get(view)
-    if field is None:
-        raise methods.MethodError(f"method: forget view {view!r} is unknown "
-                                  f"(known: {', '.join(_VIEW_FIELD)})")
-    out = []
-    for i, rec in enumerate(records):
-        answer = rec.get(field)
-        if view == "idk" and not (isinstance(answer, str) and answer.strip()):
-            answer = IDK_FALLBACK[i % len(IDK_FALLBACK)]
-        out.append({"question": rec.get("question"), "answer": answer})
-    return out
-
-
-def prepare_data(tokenizer, forget_records: Sequence[Mapping], retain_records: Sequence[Mapping],
-                 method: methods.MethodConfig, *, max_len: int, truncate: bool = False) -> Prepared:
-    """Tokenise forget (every view of ``method``) and retain records; check lengths.
-
-    Raises ``DataError`` naming the split, record and field for bad or too long records.
-    """
-    if not forget_records:
-        raise DataError("forget split: no records")
-    if not retain_records:
-        raise DataError("retain split: no records")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    views = getattr(method, "forget_views", ("answer",))
-    forget = {}
-    for view in views:
-        try:
-            enc = batch_lib.encode_qa_records(tokenizer, _view_records(forget_records, view))
-            forget[view] = batch_lib.check_lengths(enc, max_len, truncate=truncate)
-        except DataError as e:
-            raise DataError(f"forget split ({view} view): {e}") from None
-    try:
-        retain = batch_lib.check_lengths(batch_lib.encode_qa_records(tokenizer, retain_records),
-                                         max_len, truncate=truncate)
-    except DataError as e:
-        raise DataError(f"retain split: {e}") from None
-    t_f = batch_lib.bucket_length(max(e.length for v in forget.values() for e in v))
-    t_r = batch_lib.bucket_length(max(e.length for e in retain))
-    return Prepared(forget, retain, t_f, t_r, int(pad))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PairedSchedule:
-    """Which forget and retain rows each update uses; a pure function of ``(seed, epoch)``."""
-
-    n_forget: int
-    n_retain: int
-    rows: int
-    seed: int
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return batch_lib.steps_per_epoch(self.n_forget, self.rows)
-
-    def forget_rows(self, epoch: int) -> np.ndarray:
-        """``[steps_per_epoch, rows]`` forget indices of ``epoch`` (wrap-around fills the last)."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_forget)
-        return np.resize(order, self.steps_per_epoch * self.rows).reshape(-1, self.rows)
-
-    def retain_rows(self, epoch: int) -> np.ndarray:
-        """``[steps_per_epoch, rows]`` retain indices paired with :meth:`forget_rows`."""
-        need = self.steps_per_epoch * self.rows
-        rng = np.random.default_rng([self.seed, epoch, 1])
-        perms = [rng.permutation(self.n_retain) for _ in range(-(-need // self.n_retain))]
-        return np.concatenate(perms)[:need].reshape(-1, self.rows)
+__all__ = ["run_compactions", "ReferenceCache", "build_cache", "unlearn_model"]
 
 
 def run_compactions(data: Prepared, sched: PairedSchedule, epochs: int, *, micro_rows: int,
@@ -187,28 +98,28 @@ def _logp(logits):
 # same model (the demo unlearns one target with every method) reuses the compilations.
 @functools.partial(jax.jit, static_argnums=0)
 def _seq_logp(graphdef, params, b):
-    logits = methods.forward(graphdef, params, b).logits
-    return (losses.sequence_logprob(logits, b.labels, b.loss_mask),
-            losses.sequence_token_counts(b.loss_mask))
+    # The same fused label log-probs the objectives read: at the first step the policy's
+    # log-prob equals the cached reference's to the bit on the same rows.
+    out = forward(graphdef, params, b)
+    return out.sequence_logprob(), out.token_counts()
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _ref_dist(graphdef, params, top_k, b):
-    return methods.compress_logprobs(_logp(methods.forward(graphdef, params, b).logits),
-                                     b.labels, top_k)
+    return compress_logprobs(_logp(forward(graphdef, params, b).logits), b.labels, top_k)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _hidden(graphdef, params, layer, b):
-    return methods.forward(graphdef, params, b, layer).hidden.astype(jnp.float32)
+    return forward(graphdef, params, b, layer).hidden.astype(jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _rkld_teacher(graphdef, params, strengthened, alpha, top_k, b):
-    orig = methods.forward(graphdef, params, b).logits
-    teacher = losses.rkld_teacher(orig, methods.forward(graphdef, strengthened, b).logits, alpha)
+    orig = forward(graphdef, params, b).logits
+    teacher = losses.rkld_teacher(orig, forward(graphdef, strengthened, b).logits, alpha)
     # Keep the tokens the ORIGINAL ranks highest: those the teacher lowers stay in the set.
-    return methods.compress_logprobs(_logp(teacher), b.labels, top_k, order_by=_logp(orig))
+    return compress_logprobs(_logp(teacher), b.labels, top_k, order_by=_logp(orig))
 
 
 class ReferenceCache(NamedTuple):
@@ -228,7 +139,7 @@ class ReferenceCache(NamedTuple):
                 **jax.tree.map(lambda x: x[slots], self.retain)}
 
 
-def build_cache(method: methods.GradientMethod, graphdef, params, model_config, data: Prepared,
+def build_cache(method: GradientMethod, graphdef, params, model_config, data: Prepared,
                 retain_used: np.ndarray, *, batch_size: int, mesh=None, seed: int = 0,
                 strengthened: Any = None) -> ReferenceCache:
     """Everything ``method`` needs from the frozen target, computed once (host memory).
@@ -241,12 +152,6 @@ def build_cache(method: methods.GradientMethod, graphdef, params, model_config, 
     spec = method.cache_spec(model_config)
     kw = dict(batch_size=batch_size, pad_id=data.pad_id, mesh=mesh)
     answers = data.forget["answer"]
-
-    def seq_logp(p, b):
-        logits = methods.forward(graphdef, p, b).logits
-        return (losses.sequence_logprob(logits, b.labels, b.loss_mask),
-                losses.sequence_token_counts(b.loss_mask))
-
     forget: dict[str, Any] = {"ref_logp": {}}
     ref_answer, counts = _score(_seq_logp, (graphdef, params), answers, data.t_forget, **kw)
     forget["weight"] = np.asarray(method.sequence_weights(ref_answer, counts), np.float32)
@@ -286,14 +191,6 @@ def build_cache(method: methods.GradientMethod, graphdef, params, model_config, 
 # ----------------------------------------------------------------------------------- the loop
 
 
-def _copy_params(params, mesh):
-    # A fresh copy: the train step donates its state, and these buffers belong to the caller.
-    params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
-    if mesh is not None:
-        params = jax.device_put(params, mesh_lib.param_shardings(params, mesh))
-    return params
-
-
 def _strengthen(graphdef, params, data: Prepared, method, train, *, mesh, seed, progress):
     """RKLD's strengthened model: the target fine-tuned on the forget answers (token NLL)."""
     rows = train.batch_size * train.grad_accum
@@ -302,18 +199,13 @@ def _strengthen(graphdef, params, data: Prepared, method, train, *, mesh, seed, 
         steps_per_epoch=batch_lib.steps_per_epoch(len(answers), rows),
         epoch_batches=lambda e: batch_lib.iterate_batches(
             answers, rows, seed=seed, epoch=e, pad_id=data.pad_id, seq_len=data.t_forget))
-    total = method.strengthen_epochs * source.steps_per_epoch
     lr = method.strengthen_learning_rate or train.optimizer.learning_rate
-    optimizer = step_lib.make_optimizer(dataclasses.replace(train.optimizer, learning_rate=lr),
-                                        total)
-    state = step_lib.init_train_state(_copy_params(params, mesh), optimizer,
-                                      jax.random.key(seed), mesh)
-    step_fn = step_lib.make_train_step(loop_lib.nll_loss_fn(graphdef), optimizer, mesh=mesh,
-                                       state_sharding=step_lib.state_shardings(state),
-                                       grad_accum=train.grad_accum)
-    result = loop_lib.run_loop(step_fn, state, source, total_steps=total,
-                               place_batch=loop_lib.batch_placer(mesh, train.grad_accum),
-                               progress=progress, desc="rkld: strengthen")
+    result = finetune.nll_finetune(
+        graphdef, params, source,
+        optimizer=dataclasses.replace(train.optimizer, learning_rate=lr),
+        total_steps=method.strengthen_epochs * source.steps_per_epoch,
+        grad_accum=train.grad_accum, mesh=mesh, seed=seed, progress=progress,
+        desc="rkld: strengthen")
     return result.state.params
 
 
@@ -322,7 +214,7 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
                   seed: int = 0, max_len: int = 256, truncate: bool = False,
                   checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
                   fingerprint: str = "", progress: bool = False,
-                  never_seen_records: Sequence[Mapping] = ()) -> methods.UnlearnResult:
+                  never_seen_records: Sequence[Mapping] = ()) -> UnlearnResult:
     """Unlearn ``forget_records`` from ``model`` in-process (no disk round trip).
 
     Args:
@@ -340,26 +232,30 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
       ``UnlearnResult(model, history)``: one record per update with ``loss``, ``grad_norm``,
       ``forget_loss``, ``retain_loss``, ``forget_prob``, ``retain_prob``.
     """
-    method = methods.get_method(method_cfg)
+    method = get_method(method_cfg)
     if mesh is not None:
         mesh_lib.check_batch_divides(train_cfg.batch_size, mesh, "train.batch_size")
-    if isinstance(method, methods.ProcedureMethod):
-        return method.run(methods.UnlearnContext(
+    if isinstance(method, ProcedureMethod):
+        def run_gradient(gradient_method, forget, retain):
+            return unlearn_model(model, tokenizer, forget, retain, gradient_method, train_cfg,
+                                 mesh=mesh, seed=seed, max_len=max_len, truncate=truncate,
+                                 progress=progress)
+
+        return method.run(UnlearnContext(
             model=model, tokenizer=tokenizer, forget_records=tuple(forget_records),
-            retain_records=tuple(retain_records), train=train_cfg, mesh=mesh, seed=seed,
-            max_len=max_len, truncate=truncate, never_seen_records=tuple(never_seen_records)))
+            retain_records=tuple(retain_records), train=train_cfg, run_gradient=run_gradient,
+            mesh=mesh, seed=seed, max_len=max_len, truncate=truncate,
+            never_seen_records=tuple(never_seen_records)))
     model_config = model.config
     method.check_model(model_config)
-    data = prepare_data(tokenizer, forget_records, retain_records, method, max_len=max_len,
-                        truncate=truncate)
+    data = prepare_data(tokenizer, forget_records, retain_records, views=method.forget_views,
+                        max_len=max_len, truncate=truncate)
     rows = train_cfg.batch_size * train_cfg.grad_accum
     sched = PairedSchedule(n_forget=len(data.forget["answer"]),
                            n_retain=len(data.retain), rows=rows, seed=seed)
     total = (train_cfg.steps if train_cfg.steps is not None
              else train_cfg.epochs * sched.steps_per_epoch)
-    epochs = math.ceil(total / sched.steps_per_epoch)
-    retain_used = np.unique(np.concatenate(
-        [sched.retain_rows(e).ravel() for e in range(epochs)] or [np.zeros(0, np.int64)]))
+    epochs = sched.epochs(total)
 
     graphdef, target = nnx.split(model, nnx.Param)
     if mesh is not None:
@@ -368,7 +264,7 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
     if method.cache_spec(model_config).forget_dist == "rkld_teacher":
         strengthened = _strengthen(graphdef, target, data, method, train_cfg, mesh=mesh,
                                    seed=seed, progress=progress)
-    cache = build_cache(method, graphdef, target, model_config, data, retain_used,
+    cache = build_cache(method, graphdef, target, model_config, data, sched.retain_used(total),
                         batch_size=train_cfg.batch_size, mesh=mesh, seed=seed,
                         strengthened=strengthened)
     del strengthened  # from here on, only the model being unlearned is on the device
@@ -376,7 +272,7 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
     plans, retain_plan = {}, None
     if train_cfg.padding_free:
         plans, retain_plan = run_compactions(data, sched, epochs, micro_rows=train_cfg.batch_size,
-                                             groups=1 if mesh is None else mesh.size)
+                                             groups=1 if mesh is None else mesh_lib.batch_shards(mesh))
 
     def epoch_batches(epoch: int):
         for f_idx, r_idx in zip(sched.forget_rows(epoch), sched.retain_rows(epoch)):
@@ -389,17 +285,11 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
                 "cache": cache.rows(f_idx, r_idx),
             }
 
-    objective = method.objective(graphdef, model_config)
-
-    def loss_fn(params, batch, key):
-        del key  # the objectives are deterministic
-        return objective(params, batch["forget"], batch["retain"], batch["cache"])
-
     optimizer = step_lib.make_optimizer(train_cfg.optimizer, total)
-    state = step_lib.init_train_state(_copy_params(target, None), optimizer,
+    state = step_lib.init_train_state(step_lib.copy_params(target), optimizer,
                                       jax.random.key(seed), mesh)
-    step_fn = step_lib.make_train_step(loss_fn, optimizer, mesh=mesh,
-                                       state_sharding=step_lib.state_shardings(state),
+    step_fn = step_lib.make_train_step(method.objective(graphdef, model_config), optimizer,
+                                       mesh=mesh, state_sharding=step_lib.state_shardings(state),
                                        grad_accum=train_cfg.grad_accum)
     source = loop_lib.BatchSource(steps_per_epoch=sched.steps_per_epoch,
                                   epoch_batches=epoch_batches)
@@ -409,4 +299,4 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
         model_config=dataclasses.asdict(model_config),
         place_batch=loop_lib.batch_placer(mesh, train_cfg.grad_accum), progress=progress,
         desc=f"unlearn {method.name}")
-    return methods.UnlearnResult(nnx.merge(graphdef, result.state.params), result.history)
+    return UnlearnResult(nnx.merge(graphdef, result.state.params), result.history)

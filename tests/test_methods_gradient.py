@@ -1,0 +1,276 @@
+"""The gradient methods (``jaxunlearn.methods.gradient``) on a tiny random model.
+
+Each objective is compared with the same composition written out here from the scalar
+``jaxunlearn.losses`` and the model's forward pass, with the reference computed live from
+a frozen copy of the weights; memorisation weights against NumPy; and for every
+registered gradient method, an update split into micro-batches of very different token
+counts (``train.grad_accum``) equals one batch of the same rows: loss, metrics and
+gradient (one SGD update with rate 1).
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxunlearn import losses, methods
+from jaxunlearn.methods import runner
+from jaxunlearn.train.step import init_train_state, make_train_step, objective_value
+
+
+def _out(s, params, batch, layer=None):
+    return nnx.merge(s["graphdef"], params).forward(batch.input_ids, batch.attention_mask,
+                                                    hidden_layer=layer)
+
+
+def _logits(s, params, batch):
+    return _out(s, params, batch).logits
+
+
+def _seq_logp(s, params, batch):
+    return losses.sequence_logprob(_logits(s, params, batch), batch.labels, batch.loss_mask)
+
+
+def _cache(method, s):
+    rows = np.arange(8)
+    c = runner.build_cache(method, s["graphdef"], s["ref"], s["config"], s["data"], rows,
+                           batch_size=8,
+                           strengthened=s["policy"] if method.name == "rkld" else None)
+    return c.rows(rows, rows)
+
+
+def _batch(s, cache):
+    return {"forget": s["forget"], "retain": s["retain"], "cache": cache}
+
+
+def _by_hand(m, s, cache, policy=None):
+    """The method's loss written out from scalar losses + forward passes, reference LIVE."""
+    policy = s["policy"] if policy is None else policy
+    ref, fb, retain = jax.lax.stop_gradient(s["ref"]), s["forget"]["answer"], s["retain"]
+    lp, lp_ref = _seq_logp(s, policy, fb), _seq_logp(s, ref, fb)
+    logits = _logits(s, policy, fb)
+    name = m.name
+    if name in ("grad_ascent", "grad_diff"):
+        forget_term = losses.gradient_ascent(logits, fb.labels, fb.loss_mask)
+    elif name == "npo":
+        forget_term = losses.npo(lp, lp_ref, m.beta)
+    elif name == "simnpo":
+        forget_term = losses.simnpo(lp, losses.sequence_token_counts(fb.loss_mask), m.beta,
+                                    m.delta)
+    elif name == "idk_dpo":
+        ib = s["forget"]["idk"]
+        forget_term = losses.dpo(_seq_logp(s, policy, ib), lp, _seq_logp(s, ref, ib), lp_ref,
+                                 m.beta)
+    elif name == "rmu":
+        forget_term = losses.rmu_forget(_out(s, policy, fb, 0).hidden, cache["control"][0],
+                                        fb.loss_mask)
+    elif name == "undial":
+        forget_term = losses.undial(logits, _logits(s, ref, fb), fb.labels, fb.loss_mask, m.beta)
+    elif name == "wga":
+        forget_term = losses.wga(logits, fb.labels, fb.loss_mask, m.beta)
+    elif name == "rkld":
+        teacher = losses.rkld_teacher(_logits(s, ref, fb),
+                                      _logits(s, jax.lax.stop_gradient(s["policy"]), fb),
+                                      m.teacher_alpha)
+        forget_term = losses.reverse_kl(logits, teacher, fb.loss_mask)
+    r_logits = _logits(s, policy, retain)
+    if m.retain_loss == "nll":
+        retain_term = losses.token_nll(r_logits, retain.labels, retain.loss_mask)
+    elif m.retain_loss == "kl":
+        retain_term = losses.forward_kl(r_logits, _logits(s, ref, retain), retain.loss_mask)
+    else:
+        retain_term = losses.rmu_retain(_out(s, policy, retain, 0).hidden,
+                                        _out(s, ref, retain, 0).hidden, retain.loss_mask)
+    return m.gamma * forget_term + m.alpha * retain_term
+
+
+# Non-default weights so both terms count; ref_top_k=0 keeps cached distributions exact.
+CASES = [
+    {"name": "grad_ascent", "gamma": 0.7},
+    {"name": "grad_diff", "gamma": 0.7, "alpha": 1.3},
+    {"name": "npo", "beta": 0.3, "alpha": 0.5},
+    {"name": "npo", "beta": 0.3, "retain_loss": "kl", "ref_top_k": 0},
+    {"name": "simnpo", "beta": 2.0, "delta": 0.5},
+    {"name": "idk_dpo", "beta": 0.2, "gamma": 1.5},
+    {"name": "rmu", "steering_coeff": 5.0, "alpha": 2.0},
+    {"name": "undial", "beta": 3.0, "alpha": 0.5, "ref_top_k": 0},
+    {"name": "wga", "beta": 0.5},
+    {"name": "rkld", "teacher_alpha": 2.0, "ref_top_k": 0},
+]
+
+
+def _id(spec):
+    return "-".join(str(v) for k, v in spec.items() if k in ("name", "retain_loss", "weighting"))
+
+
+def test_cases_cover_every_registered_gradient_method():
+    # The library's own methods (tests may register more, e.g. the README's half_npo).
+    configs = [methods.get_method(n) for n in methods.method_names()]
+    gradient = {m.name for m in configs
+                if m.kind == "gradient" and type(m).__module__.startswith("jaxunlearn.")}
+    assert {c["name"] for c in CASES} == gradient
+
+
+@pytest.mark.parametrize("spec", CASES, ids=_id)
+def test_objective_equals_losses_composed_by_hand(method_setup, spec):
+    s = method_setup
+    m = methods.get_method(spec)
+    cache = _cache(m, s)
+    loss, metrics = objective_value(m.objective(s["graphdef"], s["config"]), s["policy"],
+                                    _batch(s, cache))
+    want = _by_hand(m, s, cache)
+    # A difference of two terms: the bound scales with the terms, not with their difference.
+    scale = (m.gamma * abs(float(metrics["forget_loss"]))
+             + m.alpha * abs(float(metrics["retain_loss"])))
+    np.testing.assert_allclose(float(loss), float(want), rtol=0, atol=1e-5 * scale + 1e-7)
+    # forget_prob is TOFU's per-token probability, computed here with NumPy.
+    fb = s["forget"]["answer"]
+    logits = np.asarray(_logits(s, s["policy"], fb), np.float64)
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    tok = np.take_along_axis(logits, fb.labels[..., None], -1)[..., 0] - lse
+    per_token = np.exp((tok * fb.loss_mask).sum(-1) / fb.loss_mask.sum(-1))
+    np.testing.assert_allclose(float(metrics["forget_prob"]), per_token.mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [c for c in CASES if c["name"] in
+                                  ("grad_diff", "npo", "simnpo", "idk_dpo")], ids=_id)
+def test_fused_label_logprob_gradients_equal_autodiff_through_logits(method_setup, spec):
+    # ModelOutput takes label log-probs from jaxunlearn.ops (its own derivative rule);
+    # the by-hand loss differentiates log_softmax of the full logits with plain autodiff.
+    s = method_setup
+    m = methods.get_method(spec)
+    cache = _cache(m, s)
+    objective = m.objective(s["graphdef"], s["config"])
+    got = jax.grad(lambda p: objective_value(objective, p, _batch(s, cache))[0])(s["policy"])
+    want = jax.grad(lambda p: _by_hand(m, s, cache, policy=p))(s["policy"])
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["npo", "grad_ascent"])
+def test_memorization_weights_reweight_sequences(method_setup, name):
+    s = method_setup
+    m = methods.get_method({"name": name, "alpha": 0.0, "weighting": "memorization"})
+    cache = _cache(m, s)
+    fb = s["forget"]["answer"]
+    lp_ref = np.asarray(_seq_logp(s, s["ref"], fb), np.float64)
+    n = np.asarray(fb.loss_mask.sum(-1), np.float64)
+    w = np.exp(lp_ref / n)
+    np.testing.assert_allclose(cache["weight"], w, rtol=1e-5)
+    lp = np.asarray(_seq_logp(s, s["policy"], fb), np.float64)
+    if name == "npo":  # NumPy NPO per sequence: -(2/beta) log sigmoid(-beta (lp - lp_ref))
+        want = (w * (2 / m.beta) * np.logaddexp(0.0, m.beta * (lp - lp_ref))).sum() / w.sum()
+    else:  # every token of row b weighted by w_b: sum_b w_b lp_b / sum_b w_b n_b
+        want = (w * lp).sum() / (w * n).sum()
+    loss, _ = objective_value(m.objective(s["graphdef"], s["config"]), s["policy"],
+                              _batch(s, cache))
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    assert not np.allclose(w, w[0]), "weights must actually differ for this test to bite"
+
+
+def test_objective_jit_equals_no_jit(method_setup):
+    s = method_setup
+    m = methods.get_method({"name": "idk_dpo", "beta": 0.3})
+    batch = _batch(s, _cache(m, s))
+    objective = m.objective(s["graphdef"], s["config"])
+    eager, _ = objective_value(objective, s["policy"], batch)
+    jitted, _ = jax.jit(lambda p, b: objective_value(objective, p, b))(s["policy"], batch)
+    np.testing.assert_allclose(float(jitted), float(eager), rtol=1e-6)
+
+
+@pytest.mark.parametrize("spec", [{"name": "undial", "alpha": 1.0, "retain_loss": "kl"},
+                                  {"name": "npo", "alpha": 1.0}], ids=_id)
+def test_extra_padding_changes_nothing(method_setup, spec):
+    """Masking == slicing: 8 more padding columns (and a top-k cache) give the same loss."""
+    s = method_setup
+    m = methods.get_method({**spec, "ref_top_k": 5})
+    data = s["data"]
+    wide = data._replace(t_forget=data.t_forget + 8, t_retain=data.t_retain + 8)
+    rows = np.arange(8)
+    c_wide = runner.build_cache(m, s["graphdef"], s["ref"], s["config"], wide, rows,
+                                batch_size=8).rows(rows, rows)
+
+    def pad(b):
+        return jax.tree.map(lambda x: np.pad(x, ((0, 0), (0, 8))), b)
+
+    objective = m.objective(s["graphdef"], s["config"])
+    narrow, _ = objective_value(objective, s["policy"], _batch(s, _cache(m, s)))
+    wide_loss, _ = objective_value(objective, s["policy"], {
+        "forget": {v: pad(b) for v, b in s["forget"].items()}, "retain": pad(s["retain"]),
+        "cache": c_wide})
+    np.testing.assert_allclose(float(wide_loss), float(narrow), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ exact reductions
+
+ACCUM_CASES = CASES + [{"name": "grad_diff", "weighting": "memorization"}]
+
+
+def _step(objective, params, batch, accum: int):
+    """Metrics and gradient of one step of ``grad_accum=accum`` (SGD at rate 1: the update
+    is minus the gradient)."""
+    opt = optax.sgd(1.0)
+    step = make_train_step(objective, opt, grad_accum=accum, donate=False)
+    micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
+    state, metrics = step(init_train_state(params, opt, jax.random.key(0)), micro)
+    grads = jax.tree.map(lambda old, new: np.asarray(old, np.float64) - np.asarray(new),
+                         params, state.params)
+    return {k: float(v) for k, v in metrics.items()}, grads
+
+
+def _terms(m, s, batch):
+    """Value and gradient of the whole batch's ``gamma * forget`` and ``alpha * retain``."""
+    objectives = [dataclasses.replace(m, alpha=0.0).objective(s["graphdef"], s["config"]),
+                  dataclasses.replace(m, gamma=0.0).objective(s["graphdef"], s["config"])]
+    both = jax.jit(lambda p: [jax.value_and_grad(lambda q, o=o: objective_value(o, q, batch)[0])(p)
+                              for o in objectives])
+    return [(float(v), jax.tree.map(lambda x: np.asarray(x, np.float64), g))
+            for v, g in both(s["policy"])]
+
+
+def _max_abs(tree) -> float:
+    return max(float(np.abs(np.asarray(x)).max()) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("spec", ACCUM_CASES, ids=_id)
+def test_grad_accum_equals_one_batch_of_the_same_rows(method_setup, spec):
+    """Two micro-batches of 1-3 and 6-9 answer tokens per row give the loss, metrics and
+    gradient of the whole batch: the step adds ``(sum, count)`` parts and divides once.
+
+    The whole batch's loss and gradient are the sums of its forget and retain terms'
+    (computed apart); the bounds scale with those terms (grad_diff's loss and gradient
+    are differences), at 1e-5 of them.
+    """
+    s = method_setup
+    m = methods.get_method(spec)
+    batch = _batch(s, _cache(m, s))
+    (f_val, f_grad), (r_val, r_grad) = _terms(m, s, batch)
+    accums = (2, 4) if spec["name"] in ("grad_ascent", "npo") else (2,)
+    for accum in accums:
+        got, g_got = _step(m.objective(s["graphdef"], s["config"]), s["policy"], batch, accum)
+        np.testing.assert_allclose(got["loss"], f_val + r_val, rtol=0,
+                                   atol=1e-5 * (abs(f_val) + abs(r_val)))
+        np.testing.assert_allclose(m.gamma * got["forget_loss"], f_val, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(m.alpha * got["retain_loss"], r_val, rtol=1e-5, atol=1e-7)
+        scale = _max_abs(f_grad) + _max_abs(r_grad)
+        for g, a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(f_grad),
+                           jax.tree.leaves(r_grad)):
+            np.testing.assert_allclose(g, a + b, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("spec", [{"name": "grad_ascent"}, {"name": "wga"}], ids=_id)
+def test_a_mean_of_micro_batch_means_would_differ(method_setup, spec):
+    """The test above bites: averaging the two micro-batches' own token means (the old
+    step) misses the whole batch's loss by far more than its bound."""
+    s = method_setup
+    m = methods.get_method(spec)
+    batch = _batch(s, _cache(m, s))
+    objective = m.objective(s["graphdef"], s["config"])
+    whole = float(objective_value(objective, s["policy"], batch)[0])
+    halves = [jax.tree.map(lambda x, i=i: x[4 * i:4 * (i + 1)], batch) for i in (0, 1)]
+    mean_of_means = np.mean([float(objective_value(objective, s["policy"], h)[0])
+                             for h in halves])
+    assert abs(mean_of_means - whole) > 100 * 1e-5 * abs(whole)
