@@ -15,23 +15,17 @@ ROOT = Path(__file__).resolve().parents[1] / "jaxunlearn"
 
 # Function-local imports of heavy optional extras are allowed (DESIGN.md); these are
 # third-party, so the check below, which only looks at jaxunlearn imports, never sees
-# them. Modules allowed a function-local jaxunlearn import, and why: the method layer
-# (owned by the issue-18 "methods" work) still imports its plugins lazily; its package
-# rewrite removes these, and then this table is empty.
-LOCAL_IMPORT_ALLOWLIST = {
-    "jaxunlearn.relearn_method": "methods plugin -> unlearn (methods package rewrite)",
-    "jaxunlearn.secondorder_methods": "methods plugin -> unlearn (methods package rewrite)",
-    "jaxunlearn.train.loop": "nll_loss_fn -> methods.forward (one NLL objective, models/outputs)",
-}
+# them. Modules allowed a function-local jaxunlearn import, and why (none today: keep it so).
+LOCAL_IMPORT_ALLOWLIST: dict[str, str] = {}
 # Layers, bottom first (DESIGN.md); a module may import its own layer and those below.
 LAYERS = (
     ("jaxunlearn.errors", "jaxunlearn.losses", "jaxunlearn.ops", "jaxunlearn.solvers",
-     "jaxunlearn.secondorder", "jaxunlearn.validate", "jaxunlearn.data.schema"),
+     "jaxunlearn.secondorder", "jaxunlearn.validate", "jaxunlearn.data.schema",
+     "jaxunlearn.interrupts", "jaxunlearn.resources", "jaxunlearn.strict_yaml",
+     "jaxunlearn.storage"),
     ("jaxunlearn.models",),
     ("jaxunlearn.data",),
-    ("jaxunlearn.train", "jaxunlearn.config", "jaxunlearn.eval", "jaxunlearn.methods",
-     "jaxunlearn.unlearn", "jaxunlearn.memunlearn", "jaxunlearn.secondorder_methods",
-     "jaxunlearn.relearn_method"),
+    ("jaxunlearn.train", "jaxunlearn.config", "jaxunlearn.eval", "jaxunlearn.methods"),
     ("jaxunlearn.report",),
     ("jaxunlearn.pipeline",),
     ("jaxunlearn.cli",),
