@@ -100,8 +100,9 @@ def step_throughput(*, reduced: bool, peak_tflops: float | None) -> dict:
                       f"params {c.param_dtype}, attention {args.attention}, remat {args.remat}",
             "tokens_per_s": r["tokens_per_s"], "median_step_s": _common.median(r["times"]),
             "first_step_s": r["first_s"],
-            "mfu": r["mfu"] if r["mfu"] is not None else float("nan"),
-            "peak_tflops": r["peak_tflops"]}
+            "mfu": (r["mfu"] if r["mfu"] is not None else
+                    f"nan (no bf16 peak known for {r['device'].device_kind!r}; pass --peak-tflops)"),
+            "peak_tflops": r["peak_tflops"] or "n/a"}
 
 
 def measured_memory(*, reduced: bool) -> dict:
@@ -147,9 +148,11 @@ def measured_memory(*, reduced: bool) -> dict:
         out.update(peak_gib=out.get("compiled_peak_gib", float("nan")),
                    peak_source=f"compiled memory_analysis ({device.platform} has no memory_stats)")
     else:
+        # The peak since the process started: the step's, unless initialisation went higher.
         out.update(peak_gib=stats["peak_bytes_in_use"] / GIB,
                    peak_source="device memory_stats peak_bytes_in_use, measured",
                    peak_before_step_gib=before / GIB,
+                   step_raised_peak=stats["peak_bytes_in_use"] > before,
                    device_memory_gib=stats.get("bytes_limit", float("nan")) / GIB)
     del state, batch
     gc.collect()
