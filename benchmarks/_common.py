@@ -67,6 +67,45 @@ def model_config(args, **overrides):
                        **overrides)
 
 
+def llama_31_70b():
+    """Llama-3.1-70B's shapes (its Hugging Face config: 80 layers, D 8192, F 28672, GQA 64/8,
+    V 128256, untied head, Llama-3.1 RoPE scaling): Llama-3.1-8B's config at 70B's width
+    and depth. Benchmarks build it abstractly (no weights); the library has no 70B preset."""
+    from jaxunlearn.models.presets import get_preset
+
+    return get_preset("llama-3.1-8b").replace(hidden_size=8192, intermediate_size=28672,
+                                              num_layers=80, num_heads=64)
+
+
+BENCHMARK_PRESETS = {"llama-3.1-70b": llama_31_70b}
+
+
+def preset(name: str, **overrides):
+    """``models.presets.get_preset(name, **overrides)``, plus the shapes only benchmarks use
+    (``BENCHMARK_PRESETS``)."""
+    from jaxunlearn.models.presets import get_preset
+
+    if name in BENCHMARK_PRESETS:
+        config = BENCHMARK_PRESETS[name]()
+        return config.replace(**overrides) if overrides else config
+    return get_preset(name, **overrides)
+
+
+def init_params(config, seed: int = 0, *, shardings=None):
+    """``(graphdef, params)`` of a randomly initialised ``Llama(config)``, the weights made by
+    one jitted program (``out_shardings=shardings`` places them): one compilation instead
+    of one per eager initialiser op, and no host copy of a big model."""
+    import jax
+    from flax import nnx
+
+    from jaxunlearn.models import Llama
+
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(seed))), nnx.Param)
+    params = jax.jit(lambda: nnx.split(Llama(config, rngs=nnx.Rngs(seed)), nnx.Param)[1],
+                     out_shardings=shardings)()
+    return graphdef, params
+
+
 def synthetic_rows(rng: np.random.Generator, rows: int, seq: int, vocab: int) -> dict[str, np.ndarray]:
     """Shifted QA-like rows ``[rows, seq]``: a prompt (loss 0), an answer (loss 1), right padding.
 
@@ -181,6 +220,24 @@ def reference_logprobs(graphdef, params, rows) -> np.ndarray:
     @jax.jit
     def score(p, b):
         return forward(graphdef, p, as_batch(b)).sequence_logprob()
+
+    return np.asarray(score(params, rows))
+
+
+def fused_reference_logprobs(graphdef, params, rows, *, chunk_size: int | None = None) -> np.ndarray:
+    """The frozen target's per-sequence log-probs ``[B]`` through ``jaxunlearn.ops``'s fused
+    LM head (chunks of ``chunk_size`` tokens): no ``[B, T, V]`` logits, for big vocabularies."""
+    import jax
+    from flax import nnx
+
+    from jaxunlearn import ops
+
+    @jax.jit
+    def score(p, b):
+        m = nnx.merge(graphdef, p)
+        return ops.sequence_logprob_from_hidden(m.hidden_states(b["input_ids"], b["attention_mask"]),
+                                                m.output_head(), b["labels"], b["loss_mask"],
+                                                chunk_size=chunk_size)
 
     return np.asarray(score(params, rows))
 

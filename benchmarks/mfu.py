@@ -66,7 +66,7 @@ def _config(args):
     return get_preset("llama-3.2-1b", **overrides)
 
 
-def main(argv=None) -> float:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model and batch (CPU smoke run)")
     parser.add_argument("--seq", type=int, default=None, help="tokens per row (default 1024; tiny 128)")
@@ -90,7 +90,14 @@ def main(argv=None) -> float:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak bf16 TFLOP/s per device (overrides the table)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def measure(args) -> dict:
+    """Runs ``args``' step: its config, mesh, step times and throughput (nothing printed).
+
+    ``mfu`` is None when no bf16 peak is known for the device (and none was given).
+    """
     args.seq = args.seq or (128 if args.tiny else 1024)
     args.batch = args.batch or (2 if args.tiny else 4)
     if args.chunk_size is None and not args.tiny:
@@ -99,7 +106,6 @@ def main(argv=None) -> float:
     import jax
     from flax import nnx
 
-    from jaxunlearn import ops
     from jaxunlearn.models import Llama
     from jaxunlearn.train import mesh as mesh_lib
     from jaxunlearn.train.step import (OptimizerConfig, init_train_state, make_optimizer,
@@ -119,19 +125,13 @@ def main(argv=None) -> float:
     rng = np.random.default_rng(0)
     forget = _common.synthetic_rows(rng, args.batch, args.seq, config.vocab_size)
     retain = _common.synthetic_rows(rng, args.batch, args.seq, config.vocab_size)
-    model = Llama(config, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model, nnx.Param)
-    del model
-    params = jax.device_put(params, mesh_lib.param_shardings(params, mesh))
+    abstract = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))), nnx.Param)[1]
+    graphdef, params = _common.init_params(config, 0,
+                                           shardings=mesh_lib.param_shardings(abstract, mesh))
 
-    @jax.jit
-    def ref_logp(p, b):  # the cached reference: the target's own log-probs, chunked head
-        m = nnx.merge(graphdef, p)
-        return ops.sequence_logprob_from_hidden(m.hidden_states(b["input_ids"], b["attention_mask"]),
-                                                m.output_head(), b["labels"], b["loss_mask"],
-                                                chunk_size=args.chunk_size)
-
-    ref = np.asarray(ref_logp(params, mesh_lib.shard_batch(forget, mesh)))
+    # The cached reference: the target's own log-probs.
+    ref = _common.fused_reference_logprobs(graphdef, params, mesh_lib.shard_batch(forget, mesh),
+                                           chunk_size=args.chunk_size)
     # Padded: MFU counts 6 N FLOPs per batch token, so it is measured on the dense step
     # (padding-free would skip tokens the FLOP count includes).
     batch = mesh_lib.shard_batch(_common.unlearning_batch(forget, retain, ref,
@@ -161,7 +161,20 @@ def main(argv=None) -> float:
     tokens = 2 * args.batch * args.seq
     flops = _common.train_flops(config, 2 * args.batch, args.seq)
     peak = args.peak_tflops or peak_tflops(device.device_kind)
+    return {"config": config, "device": device, "used": used, "fsdp": fsdp, "times": times,
+            "first_s": first, "loss": loss, "tokens": tokens, "flops": flops,
+            "tokens_per_s": tokens / med, "peak_tflops": peak,
+            "mfu": flops / med / used / (peak * 1e12) if peak else None}
 
+
+def main(argv=None) -> float:
+    import jax
+
+    args = build_parser().parse_args(argv)
+    r = measure(args)
+    config, device, used, fsdp, times = r["config"], r["device"], r["used"], r["fsdp"], r["times"]
+    loss, first, tokens, flops, peak = r["loss"], r["first_s"], r["tokens"], r["flops"], r["peak_tflops"]
+    med = _common.median(times)
     print(f"# {_common.machine_line()}")
     print(f"# jax {jax.__version__}; {used} x {device.device_kind} ({device.platform}); "
           f"mesh data={args.data} fsdp={fsdp}")
@@ -179,7 +192,7 @@ def main(argv=None) -> float:
         line = f"mfu {flops / med / used / (peak * 1e12):.3f}"
         print(f"# peak {peak} TFLOP/s per device ({'--peak-tflops' if args.peak_tflops else 'table'})")
     print(line)
-    return flops / med / used / (peak * 1e12) if peak else float("nan")
+    return r["mfu"] if r["mfu"] is not None else float("nan")
 
 
 if __name__ == "__main__":
