@@ -46,6 +46,14 @@ def _batch(s, cache):
     return {"forget": s["forget"], "retain": s["retain"], "cache": cache}
 
 
+def _answer_inputs(loss_mask):
+    """Positions whose input token is an answer token (open-unlearning's RMU mask):
+    label t is input t + 1, so the loss mask moved one position right, by NumPy."""
+    out = np.zeros_like(np.asarray(loss_mask))
+    out[:, 1:] = np.asarray(loss_mask)[:, :-1]
+    return out
+
+
 def _by_hand(m, s, cache, policy=None):
     """The method's loss written out from scalar losses + forward passes, reference LIVE."""
     policy = s["policy"] if policy is None else policy
@@ -64,9 +72,9 @@ def _by_hand(m, s, cache, policy=None):
         ib = s["forget"]["idk"]
         forget_term = losses.dpo(_seq_logp(s, policy, ib), lp, _seq_logp(s, ref, ib), lp_ref,
                                  m.beta)
-    elif name == "rmu":
+    elif name == "rmu":  # activations at the answer tokens' input positions (shift by one)
         forget_term = losses.rmu_forget(_out(s, policy, fb, 0).hidden, cache["control"][0],
-                                        fb.loss_mask)
+                                        _answer_inputs(fb.loss_mask))
     elif name == "undial":
         forget_term = losses.undial(logits, _logits(s, ref, fb), fb.labels, fb.loss_mask, m.beta)
     elif name == "wga":
@@ -83,7 +91,8 @@ def _by_hand(m, s, cache, policy=None):
         retain_term = losses.forward_kl(r_logits, _logits(s, ref, retain), retain.loss_mask)
     else:
         retain_term = losses.rmu_retain(_out(s, policy, retain, 0).hidden,
-                                        _out(s, ref, retain, 0).hidden, retain.loss_mask)
+                                        _out(s, ref, retain, 0).hidden,
+                                        _answer_inputs(retain.loss_mask))
     return m.gamma * forget_term + m.alpha * retain_term
 
 
@@ -347,3 +356,41 @@ def test_truncated_cache_records_the_teacher_tail_mass(method_setup, monkeypatch
         np.testing.assert_allclose(got["max"], want.max(), rtol=1e-4)
     forced = _build(dataclasses.replace(m, ref_top_k=5), s).info
     assert forced["chosen_by"] == "method.ref_top_k" and forced["top_k"] == 5
+
+
+def test_rmu_layer_default_is_open_unlearnings_block_7():
+    """Block 7 whenever the model has one past it (open-unlearning's module_regex
+    model.layers.7); shallower models: num_layers // 2 - 1, at least 0."""
+    from jaxunlearn.models import LlamaConfig
+
+    m = methods.get_method("rmu")
+    for depth, want in ((32, 7), (16, 7), (8, 7), (7, 2), (4, 1), (2, 0), (1, 0)):
+        config = LlamaConfig(vocab_size=23, hidden_size=16, intermediate_size=32,
+                             num_layers=depth, num_heads=2, num_kv_heads=1)
+        assert m.hidden_layer(config) == want, depth
+        assert m.cache_spec(config).hidden_layer == want
+    assert methods.get_method({"name": "rmu", "layer": 3}).hidden_layer(config) == 3
+
+
+def test_rmu_objective_is_the_per_sequence_mean_by_numpy(method_setup):
+    """RMU's loss by NumPy from the model's block-0 activations: per sequence the mean over
+    its answer-input positions of mean_d (h - c)^2, then the mean over the 8 sequences
+    (their 1-9 answer tokens make this differ from a token mean)."""
+    s = method_setup
+    m = methods.get_method({"name": "rmu", "steering_coeff": 5.0, "alpha": 2.0})
+    cache = _cache(m, s)
+    loss, metrics = objective_value(m.objective(s["graphdef"], s["config"]), s["policy"],
+                                    _batch(s, cache))
+
+    def np_term(batch, target):
+        h = np.asarray(_out(s, s["policy"], batch, 0).hidden, np.float64)
+        on = _answer_inputs(batch.loss_mask) > 0
+        sq = ((h - target) ** 2).mean(-1)
+        return np.mean([sq[b][on[b]].mean() for b in range(h.shape[0])])
+
+    forget = np_term(s["forget"]["answer"], np.asarray(cache["control"][0], np.float64))
+    retain = np_term(s["retain"], np.asarray(_out(s, s["ref"], s["retain"], 0).hidden,
+                                             np.float64))
+    np.testing.assert_allclose(float(metrics["forget_loss"]), forget, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["retain_loss"]), retain, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), m.gamma * forget + m.alpha * retain, rtol=1e-5)
