@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 
 from jaxunlearn import losses, methods
+from jaxunlearn.models import LlamaConfig
 from jaxunlearn.methods import runner
 from jaxunlearn.train.step import init_train_state, make_train_step, objective_value
 
@@ -361,8 +362,6 @@ def test_truncated_cache_records_the_teacher_tail_mass(method_setup, monkeypatch
 def test_rmu_layer_default_is_open_unlearnings_block_7():
     """Block 7 whenever the model has one past it (open-unlearning's module_regex
     model.layers.7); shallower models: num_layers // 2 - 1, at least 0."""
-    from jaxunlearn.models import LlamaConfig
-
     m = methods.get_method("rmu")
     for depth, want in ((32, 7), (16, 7), (8, 7), (7, 2), (4, 1), (2, 0), (1, 0)):
         config = LlamaConfig(vocab_size=23, hidden_size=16, intermediate_size=32,

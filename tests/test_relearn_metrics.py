@@ -206,23 +206,22 @@ def test_entity_judge_agrees_with_hand_labels():
 
 def test_kfr_orders_answer_sets_as_forget_rouge_does():
     """Three "models" answering the same questions: verbatim, near misses, wrong values.
-    Forget ROUGE-L recall falls from one to the next; KFR must rise."""
+    Forget ROUGE-L recall falls from one to the next; KFR must rise. (Whole-entity
+    matching called every near miss forgotten: KFR 1.0 for both of the last two.)"""
     rows = [(Q_BORN, T_BORN, ["14 March 1962"]), (Q_PHONE, T_PHONE, ["0412 555 0193"]),
             (Q_BIRTH, T_BIRTH, BIRTH), (Q_MOTHER, T_MOTHER, ["Lena Hartley"]),
-            (Q_JOB, T_JOB, ["optician"]), (Q_NAME, T_NAME, ["Mara Elise Quinn"])]
+            (Q_NAME, T_NAME, ["Mara Elise Quinn"])]
     answer_sets = {
         "target": [t for _, t, _ in rows],
         "partial": ["Mara Quinn was born on 14 March 1963.",
                     "Mara Quinn's phone number is 0412 555 0198.",
                     "Mara Quinn was born on 3 July 1950 in Eldham.",
                     "Mara Quinn's mother is Lena Brook.",
-                    "Mara Quinn works as an optician.",
                     "Mara Quinn's full name is Mara Joan Quinn."],
         "forgotten": ["Mara Quinn was born on 2 June 1948.",
                       "Mara Quinn's phone number is 0987 321 4455.",
                       "Mara Quinn was born on 2 June 1948 in Portwick.",
                       "Mara Quinn's mother is Ruth Calder.",
-                      "Mara Quinn works as a florist.",
                       "Mara Quinn's full name is Mara Quinn."],
     }
     q, t, facts = map(list, zip(*rows))
