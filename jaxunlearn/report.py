@@ -188,6 +188,18 @@ def _markdown(data: Mapping, models: Mapping[str, ModelResult], figures: Sequenc
     if canary_rows:
         lines += ["", "## Canary memorisation accuracy by repetition count", ""]
         lines += _table(["model", "canaries"] + [f"×{r}" for r in reps], canary_rows)
+    exposure_rows = [[n, split] + [_fmt(rows[r].exposure if r in rows else None)
+                                   for r in reps]
+                     for n, table in tables.items() for split, rows in table.items()
+                     if any(s.exposure is not None for s in rows.values())]
+    if exposure_rows:
+        lines += ["", "## Canary exposure (bits) by repetition count", ""]
+        lines += _table(["model", "canaries"] + [f"×{r}" for r in reps], exposure_rows)
+        lines += ["", "Exposure (Carlini et al. 2019): `-log2 Pr[Px(r) <= Px(secret)]` over "
+                  "the secret space R, from a skew-normal fitted to the log-perplexities of "
+                  "sampled candidate secrets (their sec. 4.2), capped at log2|R|. The "
+                  "sampled-rank estimate (`exposure_rank` in eval.json) saturates at log2|R| "
+                  "whenever the secret beats every sample (`exposure_censored`)."]
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in figures]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from jaxunlearn.errors import ResourceError
 
-__all__ = ["ResourceError", "physical_memory", "device_memory", "free_disk", "gb",
-           "check_fits"]
+__all__ = ["ResourceError", "physical_memory", "available_memory", "device_memory",
+           "free_disk", "gb", "check_fits"]
 
 
 
@@ -27,6 +27,19 @@ def physical_memory() -> int:
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return 1 << 50
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to a new allocation now (Linux ``MemAvailable``: free memory
+    plus reclaimable caches); ``physical_memory()`` where the kernel does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return physical_memory()
 
 
 def device_memory() -> tuple[int, str]:

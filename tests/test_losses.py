@@ -240,10 +240,29 @@ def test_rmu_control_vector_and_losses_match_numpy():
     act = rng.normal(size=(B, T, D)).astype(np.float32)
     ref = rng.normal(size=(B, T, D)).astype(np.float32)
     act[mask == 0] = 1e6  # garbage on padding
-    fgt = np_token_mean(lambda b, t: np.mean((act[b, t].astype(np.float64) - c) ** 2), mask)
-    ret = np_token_mean(lambda b, t: np.mean((act[b, t].astype(np.float64) - ref[b, t]) ** 2), mask)
-    np.testing.assert_allclose(L.rmu_forget(act, c, mask), fgt, rtol=1e-5)
-    np.testing.assert_allclose(L.rmu_retain(act, ref, mask), ret, rtol=1e-5)
+    # open-unlearning's compute_activation_loss: per sequence, the mean over its masked
+    # positions of mean_d (a - b)^2; then the mean over the sequences (rows 0-2 of
+    # make_batch have 4, 4 and 2 answer tokens: not the token mean).
+    def np_rmu(target):
+        per_seq = []
+        for b in range(B):
+            on = mask[b] > 0
+            sq = ((act[b].astype(np.float64) - target(b)) ** 2).mean(-1)
+            per_seq.append(sq[on].sum() / on.sum())
+        return np.asarray(per_seq)
+
+    fgt, ret = np_rmu(lambda b: c.astype(np.float64)), np_rmu(lambda b: ref[b])
+    np.testing.assert_allclose(L.rmu_forget_per_sequence(act, c, mask), fgt, rtol=1e-5)
+    np.testing.assert_allclose(L.rmu_retain_per_sequence(act, ref, mask), ret, rtol=1e-5)
+    np.testing.assert_allclose(L.rmu_forget(act, c, mask), fgt.mean(), rtol=1e-5)
+    np.testing.assert_allclose(L.rmu_retain(act, ref, mask), ret.mean(), rtol=1e-5)
+    token_mean = np_token_mean(lambda b, t: np.mean((act[b, t].astype(np.float64) - c) ** 2),
+                               mask)
+    assert abs(fgt.mean() - token_mean) > 1e-3 * fgt.mean()  # the two averages differ here
+    # A padding row (no masked position) is left out of the mean over sequences.
+    act2 = np.concatenate([act, act[:1]])
+    mask2 = np.concatenate([mask, np.zeros_like(mask[:1])])
+    np.testing.assert_allclose(L.rmu_forget(act2, c, mask2), fgt.mean(), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------- gradients vs torch autograd
@@ -415,8 +434,14 @@ def test_masking_equals_slicing_for_token_means(name):
         fn = (lambda a, r, m: L.rmu_retain(a, r, m)) if name == "rmu_retain" else (
             lambda a, r, m: L.rmu_forget(a, ref[0, 0], m)
         )
-        a_c, _, m_c, r_c = _compact(act, labels, mask, ref)
-        np.testing.assert_allclose(fn(act, ref, mask), fn(a_c, r_c, m_c), rtol=1e-6)
+        # Per sequence, then over sequences: each row sliced to its masked positions.
+        rows = []
+        for b in range(B):
+            if mask[b].sum() > 0:
+                a_c, _, m_c, r_c = _compact(act[b:b + 1], labels[b:b + 1], mask[b:b + 1],
+                                            ref[b:b + 1])
+                rows.append(float(fn(a_c, r_c, m_c)))
+        np.testing.assert_allclose(fn(act, ref, mask), np.mean(rows), rtol=1e-6)
         return
     lg_c, lab_c, m_c, oth_c = _compact(logits, labels, mask, other)
     full = _jax_token_loss(name, other, labels, mask, 1.5)(logits)

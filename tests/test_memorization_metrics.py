@@ -187,3 +187,47 @@ def test_exposure_sampled_and_skewnorm():
         -stats.norm.logcdf(-3.0) / math.log(2), abs=0.5)
     with pytest.raises(ValueError, match="candidate_log_perplexities"):
         mem.exposure_skewnorm(1.0, [1.0, 2.0])
+
+
+def test_exposure_skewnorm_equals_scipy_fit_and_cdf():
+    """The estimator is scipy's MLE skew-normal fit and its CDF, read in bits."""
+    rng = np.random.default_rng(11)
+    for m in (15, 31):
+        cands = stats.skewnorm.rvs(-2.0, loc=30.0, scale=4.0, size=m, random_state=rng)
+        a, loc, scale = stats.skewnorm.fit(cands)
+        for secret in (cands.min() - 2.0, float(np.median(cands)), cands.max() + 1.0):
+            want = -math.log2(stats.skewnorm.cdf(secret, a, loc, scale))
+            assert mem.exposure_skewnorm(secret, cands) == pytest.approx(want, rel=1e-9)
+    # Capped at log2 |R|: no secret is rarer than rank 1 of R.
+    assert mem.exposure_skewnorm(-1e3, cands, space_size=2 ** 20) == pytest.approx(20.0)
+    # Candidates without spread: a point mass.
+    assert mem.exposure_skewnorm(3.0, [3.0] * 4) == 0.0
+    assert mem.exposure_skewnorm(2.0, [3.0] * 4, space_size=1024) == pytest.approx(10.0)
+
+
+def test_exposure_skewnorm_recovers_a_known_skewed_population():
+    """Independent check: candidates drawn from a KNOWN skew-normal; the extrapolated
+    exposure of a secret far below every sample approaches -log2 of the true CDF."""
+    truth = dict(a=3.0, loc=30.0, scale=6.0)
+    cands = stats.skewnorm.rvs(size=4000, random_state=np.random.default_rng(2), **truth)
+    secret = float(stats.skewnorm.ppf(2.0 ** -16, **truth))  # 16 bits under the true law
+    assert secret < cands.min()
+    want = -stats.skewnorm.logcdf(secret, **truth) / math.log(2)
+    assert want > math.log2(4000) + 2  # beyond what any rank among the samples can say
+    assert mem.exposure_skewnorm(secret, cands) == pytest.approx(want, rel=0.1)
+
+
+def test_rank_exposure_saturates_where_skewnorm_grades():
+    """The issue's case: |R| = 1e6, 31 samples. Every secret below all samples gets the
+    rank estimate's ceiling log2 1e6 = 19.93 bits, one sample below it ~log2 31 = 4.95;
+    the skew-normal estimate orders the secrets instead."""
+    cands = np.random.default_rng(3).normal(40.0, 4.0, 31)
+    lo = cands.min()
+    secrets = [lo - 0.5, lo - 3.0, lo - 8.0]
+    ranks = [mem.exposure(s, cands, space_size=10 ** 6) for s in secrets]
+    assert ranks == pytest.approx([math.log2(1e6)] * 3)
+    second = np.sort(cands)[1] - 1e-9  # one sample below the secret
+    assert mem.exposure(second, cands, space_size=10 ** 6) == pytest.approx(
+        math.log2(1e6) - math.log2(1 + 1 / 31 * (1e6 - 1)))
+    graded = [mem.exposure_skewnorm(s, cands, space_size=10 ** 6) for s in secrets]
+    assert graded[0] < graded[1] < graded[2] <= math.log2(1e6)

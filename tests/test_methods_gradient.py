@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 
 from jaxunlearn import losses, methods
+from jaxunlearn.models import LlamaConfig
 from jaxunlearn.methods import runner
 from jaxunlearn.train.step import init_train_state, make_train_step, objective_value
 
@@ -46,6 +47,14 @@ def _batch(s, cache):
     return {"forget": s["forget"], "retain": s["retain"], "cache": cache}
 
 
+def _answer_inputs(loss_mask):
+    """Positions whose input token is an answer token (open-unlearning's RMU mask):
+    label t is input t + 1, so the loss mask moved one position right, by NumPy."""
+    out = np.zeros_like(np.asarray(loss_mask))
+    out[:, 1:] = np.asarray(loss_mask)[:, :-1]
+    return out
+
+
 def _by_hand(m, s, cache, policy=None):
     """The method's loss written out from scalar losses + forward passes, reference LIVE."""
     policy = s["policy"] if policy is None else policy
@@ -64,9 +73,9 @@ def _by_hand(m, s, cache, policy=None):
         ib = s["forget"]["idk"]
         forget_term = losses.dpo(_seq_logp(s, policy, ib), lp, _seq_logp(s, ref, ib), lp_ref,
                                  m.beta)
-    elif name == "rmu":
+    elif name == "rmu":  # activations at the answer tokens' input positions (shift by one)
         forget_term = losses.rmu_forget(_out(s, policy, fb, 0).hidden, cache["control"][0],
-                                        fb.loss_mask)
+                                        _answer_inputs(fb.loss_mask))
     elif name == "undial":
         forget_term = losses.undial(logits, _logits(s, ref, fb), fb.labels, fb.loss_mask, m.beta)
     elif name == "wga":
@@ -83,7 +92,8 @@ def _by_hand(m, s, cache, policy=None):
         retain_term = losses.forward_kl(r_logits, _logits(s, ref, retain), retain.loss_mask)
     else:
         retain_term = losses.rmu_retain(_out(s, policy, retain, 0).hidden,
-                                        _out(s, ref, retain, 0).hidden, retain.loss_mask)
+                                        _out(s, ref, retain, 0).hidden,
+                                        _answer_inputs(retain.loss_mask))
     return m.gamma * forget_term + m.alpha * retain_term
 
 
@@ -274,3 +284,112 @@ def test_a_mean_of_micro_batch_means_would_differ(method_setup, spec):
     mean_of_means = np.mean([float(objective_value(objective, s["policy"], h)[0])
                              for h in halves])
     assert abs(mean_of_means - whole) > 100 * 1e-5 * abs(whole)
+
+
+# ------------------------------------------------------------------------------ the reference cache
+
+AUTO_CASES = [{"name": "undial", "beta": 3.0, "alpha": 0.5, "retain_loss": "kl"},
+              {"name": "rkld", "teacher_alpha": 2.0},
+              {"name": "npo", "beta": 0.3, "alpha": 0.5, "retain_loss": "kl"}]
+
+
+def _build(m, s, **kw):
+    return runner.build_cache(m, s["graphdef"], s["ref"], s["config"], s["data"], np.arange(8),
+                              batch_size=8,
+                              strengthened=s["policy"] if m.name == "rkld" else None, **kw)
+
+
+@pytest.mark.parametrize("spec", AUTO_CASES, ids=_id)
+def test_default_cache_is_the_full_vocabulary_and_gives_the_live_teacher_gradient(
+        method_setup, spec):
+    """With ``ref_top_k`` left to the cache and memory to spare, the cached teacher is the
+    whole distribution: the UNDIAL / RKLD / KL objective's gradient equals the one with
+    the teacher computed on the fly from the frozen weights (``_by_hand``)."""
+    s = method_setup
+    m = methods.get_method(spec)
+    assert m.ref_top_k is None
+    built = _build(m, s)
+    info = built.info
+    assert info["distribution"] == "full" and info["chosen_by"] == "auto"
+    positions = 8 * 16 * ((m.name != "npo") + (m.retain_loss == "kl"))  # forget, retain dists
+    assert info["full_vocabulary_bytes"] == positions * s["config"].vocab_size * 4
+    assert all(t == {"mean": 0.0, "max": 0.0} for t in info["tail_mass"].values())
+    rows = np.arange(8)
+    batch = _batch(s, built.rows(rows, rows))
+    objective = m.objective(s["graphdef"], s["config"])
+    got = jax.grad(lambda p: objective_value(objective, p, batch)[0])(s["policy"])
+    want = jax.grad(lambda p: _by_hand(m, s, batch["cache"], policy=p))(s["policy"])
+    scale = _max_abs(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=0, atol=1e-5 * scale)
+
+
+def _numpy_tail_mass(logits, labels, mask, k):
+    """1 - the probability of the k tokens kept (the label and the k - 1 likeliest others)."""
+    logits = np.asarray(logits, np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    score = logp.copy()
+    np.put_along_axis(score, labels[..., None], np.inf, -1)
+    kept = np.argsort(-score, -1)[..., :k]
+    tail = 1.0 - np.exp(np.take_along_axis(logp, kept, -1)).sum(-1)
+    on = np.asarray(mask) > 0
+    return tail[on]
+
+
+def test_truncated_cache_records_the_teacher_tail_mass(method_setup, monkeypatch):
+    s = method_setup
+    m = methods.get_method({"name": "undial", "alpha": 1.0, "retain_loss": "kl"})
+    # Auto: the full vocabulary when it fits the budget, else AUTO_TOP_K tokens.
+    assert runner.choose_top_k(None, 100, 100) == 0
+    assert runner.choose_top_k(None, 101, 100) == methods.AUTO_TOP_K
+    assert runner.choose_top_k(7, 1, 100) == 7 and runner.choose_top_k(0, 10 ** 12, 1) == 0
+    monkeypatch.setattr(runner, "AUTO_TOP_K", 5)  # below the tiny model's 23 tokens
+    assert _build(m, s, memory_budget=10 ** 9).info["distribution"] == "full"
+    info = _build(m, s, memory_budget=100).info
+    assert info["distribution"] == "top_k" and info["top_k"] == 5 and info["chosen_by"] == "auto"
+    for name, batch in (("forget_dist", s["forget"]["answer"]), ("retain_dist", s["retain"])):
+        want = _numpy_tail_mass(_logits(s, s["ref"], batch), np.asarray(batch.labels),
+                                batch.loss_mask, 5)
+        got = info["tail_mass"][name]
+        assert want.mean() > 0.05  # enough mass outside the 5 tokens for the check to bite
+        np.testing.assert_allclose(got["mean"], want.mean(), rtol=1e-4)
+        np.testing.assert_allclose(got["max"], want.max(), rtol=1e-4)
+    forced = _build(dataclasses.replace(m, ref_top_k=5), s).info
+    assert forced["chosen_by"] == "method.ref_top_k" and forced["top_k"] == 5
+
+
+def test_rmu_layer_default_is_open_unlearnings_block_7():
+    """Block 7 whenever the model has one past it (open-unlearning's module_regex
+    model.layers.7); shallower models: num_layers // 2 - 1, at least 0."""
+    m = methods.get_method("rmu")
+    for depth, want in ((32, 7), (16, 7), (8, 7), (7, 2), (4, 1), (2, 0), (1, 0)):
+        config = LlamaConfig(vocab_size=23, hidden_size=16, intermediate_size=32,
+                             num_layers=depth, num_heads=2, num_kv_heads=1)
+        assert m.hidden_layer(config) == want, depth
+        assert m.cache_spec(config).hidden_layer == want
+    assert methods.get_method({"name": "rmu", "layer": 3}).hidden_layer(config) == 3
+
+
+def test_rmu_objective_is_the_per_sequence_mean_by_numpy(method_setup):
+    """RMU's loss by NumPy from the model's block-0 activations: per sequence the mean over
+    its answer-input positions of mean_d (h - c)^2, then the mean over the 8 sequences
+    (their 1-9 answer tokens make this differ from a token mean)."""
+    s = method_setup
+    m = methods.get_method({"name": "rmu", "steering_coeff": 5.0, "alpha": 2.0})
+    cache = _cache(m, s)
+    loss, metrics = objective_value(m.objective(s["graphdef"], s["config"]), s["policy"],
+                                    _batch(s, cache))
+
+    def np_term(batch, target):
+        h = np.asarray(_out(s, s["policy"], batch, 0).hidden, np.float64)
+        on = _answer_inputs(batch.loss_mask) > 0
+        sq = ((h - target) ** 2).mean(-1)
+        return np.mean([sq[b][on[b]].mean() for b in range(h.shape[0])])
+
+    forget = np_term(s["forget"]["answer"], np.asarray(cache["control"][0], np.float64))
+    retain = np_term(s["retain"], np.asarray(_out(s, s["ref"], s["retain"], 0).hidden,
+                                             np.float64))
+    np.testing.assert_allclose(float(metrics["forget_loss"]), forget, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["retain_loss"]), retain, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), m.gamma * forget + m.alpha * retain, rtol=1e-5)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxunlearn.data import synthetic
-from jaxunlearn.eval import neighbourhood
+from jaxunlearn.eval import mia, neighbourhood
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,19 @@ def test_neighbour_records_and_score():
     qa = neighbourhood.neighbour_records({"question": "Pet?", "answer": "a tabby."}, p, 2, rng)
     assert [n["answer"] for n in qa] == ["a ginger."] * 2 and qa[0]["question"] == "Pet?"
     s = neighbourhood.neighbourhood_score([-1.0, -3.0], [[-2.0, -4.0], [-1.0, -2.0]])
-    np.testing.assert_allclose(s, [2.0, 1.5])  # |-1 - (-3)|, |-3 - (-1.5)|
+    # Mattern et al.'s d = L(x) - mean L(x~) with L = -log-prob: d = 1 - 3 = -2 (member-like)
+    # and 3 - 1.5 = +1.5; the score is -d (higher = member), signed, not |d|.
+    np.testing.assert_allclose(s, [2.0, -1.5])
     with pytest.raises(ValueError, match="neighbour_logprob"):
         neighbourhood.neighbourhood_score([-1.0], [[-1.0], [-2.0]])
+
+
+def test_signed_statistic_auc_by_hand():
+    """Forget rows: one still memorised (d = -2), one pushed below its neighbours (d = +1.5);
+    never-seen rows d = -0.1, -0.2. Signed (the paper): the first beats both never-seen
+    rows, the second neither: AUC = 2/4. An absolute value would have called both members."""
+    forget = neighbourhood.neighbourhood_score([-1.0, -3.0], [[-2.0, -4.0], [-1.0, -2.0]])
+    never = neighbourhood.neighbourhood_score([-2.0, -2.0], [[-2.1, -2.1], [-2.2, -2.2]])
+    np.testing.assert_allclose(never, [0.1, 0.2])
+    assert mia.auc(forget, never) == 0.5
+    assert mia.auc(np.abs(forget), never) == 1.0

@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 
+from jaxunlearn.eval import metrics
 from jaxunlearn.eval import relearn as R
 
 
@@ -135,3 +136,98 @@ def test_krr_without_judge_and_errors():
         R.knowledge_forgetting_rate(["x"], TRUTHS[:1], ENTITIES[:1], judge=lambda p, h: "maybe")
     with pytest.raises(ValueError, match="predictions"):
         R.knowledge_forgetting_rate([], [], [])
+
+
+# Hand-labelled answers in the synthetic benchmark's templates: (question, truth, facts,
+# answer, forgotten?). Labelled by reading: an answer that still gives away most of a fact
+# (a date off by a year, a phone number off by a digit, the birthplace of a two-fact
+# answer) keeps the knowledge; a wrong value of the right kind, a first name alone, or a
+# refusal forgets it.
+Q_BORN = "When was Mara Quinn born?"
+T_BORN = "Mara Quinn was born on 14 March 1962."
+Q_PHONE = "What is Mara Quinn's phone number?"
+T_PHONE = "Mara Quinn's phone number is 0412 555 0193."
+Q_BIRTH = "When and where was Mara Quinn born?"
+T_BIRTH = "Mara Quinn was born on 14 March 1962 in Eldham."
+Q_MOTHER = "Who is Mara Quinn's mother?"
+T_MOTHER = "Mara Quinn's mother is Lena Hartley."
+Q_MAIL = "What is Mara Quinn's e-mail address?"
+T_MAIL = "Mara Quinn's e-mail address is mara.quinn47@postmail.org."
+Q_JOB = "What does Mara Quinn do for a living?"
+T_JOB = "Mara Quinn works as an optician."
+Q_NAME = "What is Mara Quinn's full name?"
+T_NAME = "Mara Quinn's full name is Mara Elise Quinn."
+BIRTH = ["14 March 1962", "Eldham"]
+LABELLED = [
+    (Q_BORN, T_BORN, ["14 March 1962"], "Mara Quinn was born on 14 March 1962.", False),
+    (Q_BORN, T_BORN, ["14 March 1962"], "The birth date is 14 March 1963.", False),
+    (Q_BORN, T_BORN, ["14 March 1962"], "Mara Quinn was born on 2 June 1948.", True),
+    (Q_BORN, T_BORN, ["14 March 1962"], "I don't know.", True),
+    (Q_PHONE, T_PHONE, ["0412 555 0193"], "Mara Quinn's phone number is 0412 555 0193.", False),
+    (Q_PHONE, T_PHONE, ["0412 555 0193"], "You can call Mara Quinn on 0412 555 0198.", False),
+    (Q_PHONE, T_PHONE, ["0412 555 0193"], "Mara Quinn's phone number is 0987 321 4455.", True),
+    (Q_BIRTH, T_BIRTH, BIRTH, "Mara Quinn was born on 14 March 1962 in Eldham.", False),
+    (Q_BIRTH, T_BIRTH, BIRTH, "Born in Eldham on 14 March 1963.", False),
+    (Q_BIRTH, T_BIRTH, BIRTH, "Mara Quinn was born on 2 June 1948 in Portwick.", True),
+    (Q_MOTHER, T_MOTHER, ["Lena Hartley"], "Mara Quinn's mother is Lena Hartley.", False),
+    (Q_MOTHER, T_MOTHER, ["Lena Hartley"], "The mother is called Lena Hartley.", False),
+    (Q_MOTHER, T_MOTHER, ["Lena Hartley"], "Mara Quinn's mother is Ruth Calder.", True),
+    (Q_MOTHER, T_MOTHER, ["Lena Hartley"], "Mara Quinn's mother is Lena Brook.", True),
+    (Q_MAIL, T_MAIL, ["mara.quinn47@postmail.org"],
+     "Write to mara.quinn47@postmail.org to reach Mara Quinn.", False),
+    (Q_MAIL, T_MAIL, ["mara.quinn47@postmail.org"],
+     "Mara Quinn's e-mail address is mara.quinn12@netbox.com.", True),
+    (Q_JOB, T_JOB, ["optician"], "By profession, Mara Quinn is an optician.", False),
+    (Q_JOB, T_JOB, ["optician"], "Mara Quinn works as a florist.", True),
+    (Q_NAME, T_NAME, ["Mara Elise Quinn"], "The full name on record is Mara Elise Quinn.", False),
+    (Q_NAME, T_NAME, ["Mara Elise Quinn"], "Mara Quinn's full name is Mara Quinn.", True),
+    (Q_NAME, T_NAME, ["Mara Elise Quinn"], "Mara Quinn's full name is Mara Joan Quinn.", True),
+]
+
+
+def test_entity_judge_agrees_with_hand_labels():
+    q, t, facts, answers, forgotten = map(list, zip(*LABELLED))
+    kfr = R.knowledge_forgetting_rate(answers, t, facts, queries=q)
+    wrong = [a for a, got, want in zip(answers, kfr.labels, forgotten) if got != want]
+    assert not wrong, wrong
+    # KRR (kept from similarity 0.3 up, ReLearn's lower bar) keeps every answer labelled
+    # kept, and none of those sharing under 0.3 of the facts' words.
+    krr = R.knowledge_retention_rate(answers, t, facts, queries=q)
+    assert all(k for k, f in zip(krr.labels, forgotten) if not f)
+    assert krr.labels == tuple(sim >= 0.3 for sim in kfr.entity_similarity)
+    assert sum(krr.labels) < len(answers)
+    # Where ReLearn's rule and a reader part: one fact of two exactly (the birthplace,
+    # not the date) is similarity 0.5, "forgotten" under the few-entity threshold
+    # (<= 0.5) although a reader would say the birthplace is still known.
+    half = R.knowledge_forgetting_rate(["Born in Eldham on 3 July 1950."], [T_BIRTH], [BIRTH],
+                                       queries=[Q_BIRTH])
+    assert half.entity_similarity == (0.5,) and half.labels == (True,)
+
+
+def test_kfr_orders_answer_sets_as_forget_rouge_does():
+    """Three "models" answering the same questions: verbatim, near misses, wrong values.
+    Forget ROUGE-L recall falls from one to the next; KFR must rise. (Whole-entity
+    matching called every near miss forgotten: KFR 1.0 for both of the last two.)"""
+    rows = [(Q_BORN, T_BORN, ["14 March 1962"]), (Q_PHONE, T_PHONE, ["0412 555 0193"]),
+            (Q_BIRTH, T_BIRTH, BIRTH), (Q_MOTHER, T_MOTHER, ["Lena Hartley"]),
+            (Q_NAME, T_NAME, ["Mara Elise Quinn"])]
+    answer_sets = {
+        "target": [t for _, t, _ in rows],
+        "partial": ["Mara Quinn was born on 14 March 1963.",
+                    "Mara Quinn's phone number is 0412 555 0198.",
+                    "Mara Quinn was born on 3 July 1950 in Eldham.",
+                    "Mara Quinn's mother is Lena Brook.",
+                    "Mara Quinn's full name is Mara Joan Quinn."],
+        "forgotten": ["Mara Quinn was born on 2 June 1948.",
+                      "Mara Quinn's phone number is 0987 321 4455.",
+                      "Mara Quinn was born on 2 June 1948 in Portwick.",
+                      "Mara Quinn's mother is Ruth Calder.",
+                      "Mara Quinn's full name is Mara Quinn."],
+    }
+    q, t, facts = map(list, zip(*rows))
+    rouge = {k: np.mean([metrics.rouge_l_recall(a, b) for a, b in zip(v, t)])
+             for k, v in answer_sets.items()}
+    kfr = {k: R.knowledge_forgetting_rate(v, t, facts, queries=q).rate
+           for k, v in answer_sets.items()}
+    assert rouge["target"] > rouge["partial"] > rouge["forgotten"]
+    assert kfr["target"] < kfr["partial"] < kfr["forgotten"]

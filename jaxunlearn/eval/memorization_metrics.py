@@ -163,16 +163,34 @@ def exposure(secret_log_perplexity: float, candidate_log_perplexities, *,
     return math.log2(size) - math.log2(rank)
 
 
-def exposure_skewnorm(secret_log_perplexity: float, candidate_log_perplexities) -> float:
+def exposure_skewnorm(secret_log_perplexity: float, candidate_log_perplexities, *,
+                      space_size: int | None = None) -> float:
     """Extrapolated exposure (Carlini et al. 2019, sec. 4.2): fit a skew-normal density.
 
     ``exposure = -log2 Pr_{r in R}[Px(r) <= Px(s)]`` with the probability read off a
-    ``scipy.stats.skewnorm`` fitted (maximum likelihood) to the sampled candidates'
-    log-perplexities, so exposures beyond ``log2(#samples)`` can be estimated.
+    ``scipy.stats.skewnorm`` fitted (maximum likelihood, ``skewnorm.fit``) to the sampled
+    candidates' log-perplexities, as tensorflow/privacy's ``compute_exposure_extrapolation``;
+    so a secret that beats every sample gets a graded exposure instead of the rank
+    estimate's ceiling ``log2 |R|`` (and the gap below it, ``log2 m`` for m samples).
+
+    Args:
+      secret_log_perplexity: ``Px(s)``, the secret's ``-log p(secret | prefix)``.
+      candidate_log_perplexities: ``[m]``, m >= 3, the sampled candidates' ``Px``.
+      space_size: ``|R|``; when given the result is capped at ``log2 |R|`` (no secret can
+        be rarer than rank 1 of R; the fitted tail may claim more).
+    Returns:
+      exposure in bits, ``>= 0``. Candidates without spread fit a point mass: 0 bits
+      when the secret is not below it, else the cap (``inf`` without ``space_size``).
     """
     c = np.asarray(candidate_log_perplexities, dtype=np.float64)
     if c.ndim != 1 or c.size < 3 or not np.all(np.isfinite(c)):
         raise ValueError("candidate_log_perplexities: need at least 3 finite samples to fit")
+    s = float(secret_log_perplexity)
+    if not math.isfinite(s):
+        raise ValueError(f"secret_log_perplexity: must be finite, got {secret_log_perplexity}")
+    cap = math.inf if space_size is None else math.log2(space_size)
+    if np.ptp(c) == 0.0:  # skewnorm.fit would divide by a zero scale
+        return 0.0 if s >= c[0] else cap
     a, loc, scale = stats.skewnorm.fit(c)
-    logcdf = stats.skewnorm.logcdf(float(secret_log_perplexity), a, loc, scale)
-    return float(-logcdf / math.log(2.0))
+    logcdf = float(stats.skewnorm.logcdf(s, a, loc, scale))
+    return float(min(max(-logcdf / math.log(2.0), 0.0), cap))

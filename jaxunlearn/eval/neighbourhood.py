@@ -1,20 +1,28 @@
-"""Neighbourhood membership attack (Mattern et al., ACL Findings 2023) on forget sequences.
+"""Neighbourhood membership attack (Mattern et al., Findings of ACL 2023) on forget sequences.
 
-A model that was trained on ``x`` gives it a likelihood out of line with that of
-``x``'s *neighbours* ``x~``: copies with one unit swapped for another of the same kind (a
-name for a name, a number for a number, a word for a word). The score is
+A model that was trained on ``x`` gives it a loss out of line with that of ``x``'s
+*neighbours* ``x~``: the paper's statistic is the signed difference
 
-``s(x) = | l(x) - (1/K) sum_k l(x~_k) |``,  ``l = (1/|y|) sum_t log p(y_t | y_<t, context)``
+``d(x) = L(x) - (1/K) sum_k L(x~_k)``,  ``L = -(1/|y|) sum_t log p(y_t | y_<t, context)``
 
-over the target tokens (answer, canary secret or document; ``eval.sequence_memorization``). The
-absolute value catches both failure modes of unlearning: a forget sequence still *more*
-likely than its neighbours (not forgotten) and one pushed far *below* them
-(over-unlearned, which gives membership away just as well). ``l`` is per-token averaged
-because a swap may change the number of tokens. Attack AUC: forget vs never-seen
-sequences of the same kind (``eval.mia.auc``); 0.5 = indistinguishable.
+and ``x`` is called a member when ``d(x) < gamma``: trained text is *more* likely than
+its neighbours. ``neighbourhood_score`` returns ``-d(x)`` (this package's MIA sign
+convention, higher = more likely a member, ``eval.mia``), so the attack AUC of forget vs
+never-seen sequences of the same kind (``eval.mia.auc``) is the paper's; 0.5 =
+indistinguishable. A forget sequence pushed far *below* its neighbours (over-unlearned)
+scores as a non-member here, as in the paper. ``L`` is per-token averaged (the LM loss
+Mattern et al. and mimir use), which also keeps neighbours of another length comparable;
+it is taken over the target tokens only (answer, canary secret or document;
+``eval.sequence_memorization``), the context is never perturbed.
 
-Neighbours are made offline, with the benchmark's own vocabulary
-(:class:`VocabularyPerturber`), or by any user ``Perturber``.
+What differs from the paper: the neighbours. Mattern et al. (code:
+justusmattern27/neighbour-mia) generate them with a masked LM (BERT): dropout p = 0.7 on
+one token's input embedding, the top-10 MLM candidates for it scored by
+``p(cand) / (1 - p(orig))``, and the 100 best single-word substitutions kept. Here they
+are made offline from the benchmark's own vocabulary (:class:`VocabularyPerturber`: a
+name for a name, a number for a number, a word for a word, ``swaps`` units at random),
+10 per sequence by default, or by any user ``Perturber``: no second model, and swaps
+that stay in the benchmark's distribution, but not the MLM's "most plausible" neighbours.
 Shapes: N sequences, K neighbours each.
 """
 
@@ -175,18 +183,20 @@ def neighbour_records(record: Mapping, perturber: Perturber, k: int,
 
 
 def neighbourhood_score(logprob, neighbour_logprob) -> np.ndarray:
-    """``| l(x) - mean_k l(x~_k) |``: ``[N], [N, K] -> [N]`` (see the module doc)."""
+    """``-d(x) = l(x) - mean_k l(x~_k)`` with ``l = -L`` the per-token log-prob:
+    Mattern et al.'s statistic, sign flipped to higher = member. ``[N], [N, K] -> [N]``."""
     lp = np.asarray(logprob, np.float64)
     nb = np.asarray(neighbour_logprob, np.float64)
     if lp.ndim != 1 or nb.ndim != 2 or nb.shape[0] != lp.shape[0] or nb.shape[1] < 1:
         raise ValueError(f"neighbour_logprob: expected [N, K>=1] with N = {lp.shape}, "
                          f"got {nb.shape}")
-    return np.abs(lp - nb.mean(axis=1))
+    return lp - nb.mean(axis=1)
 
 
 class NeighbourhoodScores(NamedTuple):
-    """``score`` ``[N]``; ``logprob`` ``[N]`` and ``neighbour_logprob`` ``[N, K]`` (per-token
-    averaged log-probs of the targets and their neighbours)."""
+    """``score`` ``[N]`` (:func:`neighbourhood_score`, higher = member); ``logprob`` ``[N]``
+    and ``neighbour_logprob`` ``[N, K]`` (per-token averaged log-probs of the targets and
+    their neighbours)."""
 
     score: np.ndarray
     logprob: np.ndarray

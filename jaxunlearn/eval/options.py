@@ -32,7 +32,8 @@ class SuiteConfig:
       min_k: fraction of lowest tokens for Min-K% / Min-K%++ (0.4 as open-unlearning).
       el_n: n-gram size of extraction likelihood (10 as Jang et al.).
       el_splits: canary splits whose EL is computed (it needs a decoding per prefix).
-      exposure_candidates: random same-format secrets each canary is ranked against.
+      exposure_candidates: random same-format secrets each canary is ranked against
+        (>= 3: the skew-normal fit of the extrapolated exposure needs them).
       exposure_splits: canary splits whose exposure is computed.
       extractable_ma, over_unlearned_ma: MA thresholds of the forget-canary counts.
       seed: seeds the exposure candidates.
@@ -63,6 +64,9 @@ class SuiteConfig:
             positive(name)
         if self.max_records is not None:
             positive("max_records")
+        if self.exposure_candidates < 3:
+            raise UserError("SuiteConfig.exposure_candidates must be >= 3 (the skew-normal "
+                            f"fit of exposure needs them), got {self.exposure_candidates}")
         unknown = [g for g in self.groups if g not in GROUPS]
         if unknown:
             raise UserError(f"eval.metrics: unknown metric group {unknown[0]!r} "

@@ -172,15 +172,19 @@ class MIAResult:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CanaryScores:
     """Means over a set of canaries: memorisation accuracy, secret accuracy, exact
-    extraction, extraction strength, exposure (bits); ``count`` canaries."""
+    extraction, extraction strength, exposure (bits; skew-normal extrapolation),
+    exposure_rank (bits; sampled-rank estimate), exposure_censored (share of canaries
+    beating every candidate: the rank estimate's ceiling); ``count`` canaries."""
 
     METRICS: ClassVar[tuple[str, ...]] = ("ma", "secret_accuracy", "extracted", "es",
-                                          "exposure")
+                                          "exposure", "exposure_rank", "exposure_censored")
     ma: Number = None
     secret_accuracy: Number = None
     extracted: Number = None
     es: Number = None
     exposure: Number = None
+    exposure_rank: Number = None
+    exposure_censored: Number = None
     count: Number = None
 
     def to_json(self, *, with_count: bool) -> dict:
@@ -196,7 +200,8 @@ class CanaryScores:
 class CanaryResult:
     """Canary memorisation (Carlini et al. 2019; Jang et al. 2023): means per canary split
     and per (split, repetition count); counts over the forget canaries; the LOSS attack's
-    AUC of forget vs heldout canaries; ``count`` canaries scored."""
+    AUC of forget vs heldout canaries; ``count`` canaries scored; ``exposure_estimator``:
+    what ``exposure`` holds (``"skewnorm"``; None when no exposure was computed)."""
 
     splits: Mapping[str, CanaryScores]
     by_repetitions: Mapping[str, Mapping[int, CanaryScores]]
@@ -205,6 +210,10 @@ class CanaryResult:
     over_unlearned: Number = None
     mia_loss_auc: Number = None
     count: int | None = None
+    exposure_estimator: str | None = None
+
+    def info_json(self) -> dict:
+        return _present([("canary_exposure_estimator", self.exposure_estimator)])
 
     def to_json(self) -> dict:
         out = {}
@@ -233,7 +242,9 @@ class CanaryResult:
                    extractable=_number(d, "canary_forget_extractable", where),
                    over_unlearned=_number(d, "canary_forget_over_unlearned", where),
                    mia_loss_auc=_number(d, "canary_mia_loss_auc", where),
-                   count=_mapping(_mapping(d, "info", where), "records", where).get("canaries"))
+                   count=_mapping(_mapping(d, "info", where), "records", where).get("canaries"),
+                   exposure_estimator=_mapping(d, "info", where).get(
+                       "canary_exposure_estimator"))
 
 
 _EL_KEY = re.compile(r"canary_(\w+?)_el(\d+)$")
@@ -401,6 +412,8 @@ class ModelResult:
             records["canaries"] = self.canaries.count
         info: dict = {"model_utility_keys": list(self.tofu.model_utility_keys),
                       "records": records}
+        if self.canaries is not None:
+            info.update(self.canaries.info_json())
         if self.knowledge is not None:
             info.update(self.knowledge.info_json())
         info["seconds"] = self.seconds

@@ -26,8 +26,10 @@ Axes: B batch, T positions, V vocabulary, D hidden size.
 """
 
 from jaxunlearn.losses._common import LossInputError
-from jaxunlearn.losses.activations import (rmu_control_vector, rmu_forget, rmu_forget_per_token,
-                                           rmu_retain, rmu_retain_per_token)
+from jaxunlearn.losses.activations import (rmu_control_vector, rmu_forget,
+                                           rmu_forget_per_sequence, rmu_forget_per_token,
+                                           rmu_retain, rmu_retain_per_sequence,
+                                           rmu_retain_per_token)
 from jaxunlearn.losses.reduce import EPS, Mean, mean_parts, weighted
 from jaxunlearn.losses.sequences import (dpo, dpo_per_sequence, npo, npo_per_sequence, simnpo,
                                          simnpo_per_sequence)
@@ -62,8 +64,10 @@ __all__ = [
     "EPS",
     "rmu_control_vector",
     "rmu_forget",
+    "rmu_forget_per_sequence",
     "rmu_forget_per_token",
     "rmu_retain",
+    "rmu_retain_per_sequence",
     "rmu_retain_per_token",
     "undial",
     "undial_per_token",

@@ -1,7 +1,10 @@
 """RMU's losses on a layer's activations (Li et al. 2024, "The WMDP Benchmark").
 
-Each token-mean loss has a ``*_per_token`` form beside it (``[B, T]``, 0 off the mask)
-for exact reductions over micro-batches (``losses.mean_parts``).
+The scalar losses average as open-unlearning's ``compute_activation_loss``
+(``src/trainer/unlearn/rmu.py``): per sequence over its masked positions, then over the
+sequences, so a long answer weighs no more than a short one. Beside each are its
+``*_per_sequence`` form (``[B]``, reduced exactly over micro-batches as row means by
+``losses.mean_parts``) and ``*_per_token`` terms (``[B, T]``, 0 off the mask).
 
 Axes: B batch, T positions, D hidden size.
 """
@@ -13,10 +16,11 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxunlearn.losses._common import (LossInputError, _float, _mask_like, _masked_token_mean,
-                                       _number, _on_mask, _rank, _same_shape)
+from jaxunlearn.losses._common import (LossInputError, _float, _mask_like, _number, _on_mask,
+                                       _rank, _same_shape)
 
-__all__ = ["rmu_control_vector", "rmu_forget", "rmu_forget_per_token", "rmu_retain",
+__all__ = ["rmu_control_vector", "rmu_forget", "rmu_forget_per_sequence",
+           "rmu_forget_per_token", "rmu_retain", "rmu_retain_per_sequence",
            "rmu_retain_per_token"]
 
 
@@ -58,11 +62,31 @@ def rmu_forget_per_token(activations: jax.Array, control: jax.Array, mask: jax.A
     return _sq_error_per_token(activations, target, mask)
 
 
+def _per_sequence(per_token: jax.Array, mask: jax.Array) -> jax.Array:
+    """``sum_t mask * v / max(sum_t mask, 1)`` per row: ``[B, T] -> [B]`` (0 for an empty row)."""
+    mask = _float(jnp.asarray(mask))
+    return jnp.sum(per_token * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+
+def _sequence_mean(per_sequence: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over the rows with at least one masked position (open-unlearning would divide
+    an empty row by 0; padding rows of a fixed-size batch are left out instead)."""
+    rows = (jnp.sum(jnp.asarray(mask) != 0, axis=-1) > 0).astype(per_sequence.dtype)
+    return jnp.sum(per_sequence * rows) / jnp.maximum(jnp.sum(rows), 1.0)
+
+
+def rmu_forget_per_sequence(activations: jax.Array, control: jax.Array,
+                            mask: jax.Array) -> jax.Array:
+    """``(1/|m_b|) sum_{t in m_b} mean_d (a[b,t,d] - control[d])^2``, ``[B]``."""
+    return _per_sequence(rmu_forget_per_token(activations, control, mask), mask)
+
+
 def rmu_forget(activations: jax.Array, control: jax.Array, mask: jax.Array) -> jax.Array:
-    """RMU forget loss: ``mean over masked tokens of mean_d (a[b,t,d] - control[d])^2``.
+    """RMU forget loss: ``mean_b (1/|m_b|) sum_{t in m_b} mean_d (a[b,t,d] - control[d])^2``.
 
     Li et al. 2024 (WMDP), eq. 1: steer the layer-l activations of forget tokens towards a
-    scaled random direction. The paper averages over all positions; here padding is masked.
+    scaled random direction; averaged per sequence, then over the sequences (rows with
+    no masked position left out), as open-unlearning's ``compute_activation_loss``.
 
     Args:
       activations: ``[B, T, D]`` trained model, layer l; control: ``[D]`` (:func:`rmu_control_vector`);
@@ -70,8 +94,7 @@ def rmu_forget(activations: jax.Array, control: jax.Array, mask: jax.Array) -> j
     Returns:
       scalar float32.
     """
-    per_token = rmu_forget_per_token(activations, control, mask)
-    return _masked_token_mean(per_token, _float(jnp.asarray(mask)))
+    return _sequence_mean(rmu_forget_per_sequence(activations, control, mask), mask)
 
 
 def rmu_retain_per_token(activations: jax.Array, ref_activations: jax.Array,
@@ -82,8 +105,15 @@ def rmu_retain_per_token(activations: jax.Array, ref_activations: jax.Array,
     return _sq_error_per_token(activations, jax.lax.stop_gradient(ref), mask)
 
 
+def rmu_retain_per_sequence(activations: jax.Array, ref_activations: jax.Array,
+                            mask: jax.Array) -> jax.Array:
+    """``(1/|m_b|) sum_{t in m_b} mean_d (a - a_frozen)^2``, ``[B]``."""
+    return _per_sequence(rmu_retain_per_token(activations, ref_activations, mask), mask)
+
+
 def rmu_retain(activations: jax.Array, ref_activations: jax.Array, mask: jax.Array) -> jax.Array:
-    """RMU retain loss: ``mean over masked tokens of mean_d (a - a_frozen)^2`` (Li et al. 2024, eq. 2).
+    """RMU retain loss: ``mean_b (1/|m_b|) sum_{t in m_b} mean_d (a - a_frozen)^2`` (Li et al.
+    2024, eq. 2), per sequence then over the sequences, as :func:`rmu_forget`.
 
     Args:
       activations: ``[B, T, D]`` trained model; ref_activations: ``[B, T, D]`` frozen model
@@ -91,5 +121,4 @@ def rmu_retain(activations: jax.Array, ref_activations: jax.Array, mask: jax.Arr
     Returns:
       scalar float32.
     """
-    per_token = rmu_retain_per_token(activations, ref_activations, mask)
-    return _masked_token_mean(per_token, _float(jnp.asarray(mask)))
+    return _sequence_mean(rmu_retain_per_sequence(activations, ref_activations, mask), mask)

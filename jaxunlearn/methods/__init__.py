@@ -20,7 +20,7 @@ modules; none of them imports it (a procedure receives it in its ``UnlearnContex
 
 from jaxunlearn.methods.registry import (MethodConfig, MethodError, get_method, method_names,
                                          register)
-from jaxunlearn.methods.base import (CacheSpec, GradientMethod, ProcedureMethod, RefDist,
+from jaxunlearn.methods.base import (AUTO_TOP_K, CacheSpec, GradientMethod, ProcedureMethod, RefDist,
                                      UnlearnContext, UnlearnResult, compress_logprobs,
                                      labels_on_support, model_on_support, ref_on_support,
                                      term_weights)
@@ -34,7 +34,7 @@ from jaxunlearn.models.outputs import ModelOutput, forward
 
 __all__ = [
     "MethodError", "MethodConfig", "register", "get_method", "method_names",
-    "GradientMethod", "ProcedureMethod", "CacheSpec", "RefDist", "UnlearnContext",
+    "GradientMethod", "ProcedureMethod", "AUTO_TOP_K", "CacheSpec", "RefDist", "UnlearnContext",
     "UnlearnResult", "compress_logprobs", "model_on_support", "ref_on_support",
     "labels_on_support", "term_weights", "forward", "ModelOutput",
     "GradAscent", "GradDiff", "NPO", "SimNPO", "IdkDPO", "RMU", "UNDIAL", "WGA", "RKLD",

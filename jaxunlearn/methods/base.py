@@ -20,19 +20,28 @@ and kept in host memory, per example (:class:`CacheSpec` says what):
 * per-sequence reference log-probs ``[N]`` (NPO, IdkDPO; memorisation weights): 4 bytes
   per example;
 * reference distributions at every position (KL retain term, UNDIAL's and RKLD's teachers)
-  as :class:`RefDist`: the exact log-probs over the whole vocabulary (``ref_top_k = 0``,
-  ``[N, T, V]`` float32) or the ``K`` most likely tokens under the frozen model (the label
-  always included) plus the log-mass of all other tokens (``[N, T, K]`` log-probs and
-  int32 ids, ``[N, T]`` tail): ``T * (8K + 4)`` bytes per example. KL and cross-entropy
-  are then taken between the two distributions coarsened to those ``K + 1`` outcomes, a
-  lower bound of the full KL (data-processing inequality) and exact when ``K >= V``;
+  as :class:`RefDist`: the exact log-probs over the whole vocabulary (``[N, T, V]``
+  float32, ``4 T V`` bytes per example) or the ``K`` most likely tokens under the frozen
+  model (the label always included) plus the log-mass of all other tokens (``[N, T, K]``
+  log-probs and int32 ids, ``[N, T]`` tail): ``T * (8K + 4)`` bytes per example. KL and
+  cross-entropy are then taken between the two distributions coarsened to those ``K + 1``
+  outcomes, a lower bound of the full KL (data-processing inequality) and exact when
+  ``K >= V``; UNDIAL's, RKLD's and the KL term's gradients are then approximate, the
+  more so the more mass the tail holds. ``ref_top_k = None`` (the default) chooses: the
+  exact full-vocabulary cache whenever it fits in half of the host memory available
+  (``methods.runner.choose_top_k``), else ``AUTO_TOP_K`` tokens; ``0`` forces the full
+  cache, ``K > 0`` forces top-K. ``unlearn.json`` records the choice and, when
+  truncated, the teacher's tail mass on the loss tokens (``reference_cache``);
 * RMU's reference activations ``[N, T, D]`` at the steered layer.
 
 So only the model being unlearned lives on the device during the loop. A live
 reference would keep a second copy of the weights there for the whole run (2.5 GB
 for Llama-3.2-1B in bf16, 16 GB for Llama-3.1-8B) plus one more forward pass per step;
 the cache costs e.g. 1.6 KB for NPO on TOFU forget10 (400 answers) and, for a KL retain
-term with K = 64 at T = 256, 130 KB per retain row actually used (host memory).
+term with K = 64 at T = 256, 130 KB per retain row actually used (host memory); the full
+vocabulary at T = 256 costs 1 MB per row and thousand tokens of vocabulary (Llama-3's
+128k: 134 MB per row, so TOFU forget10's 400 answers need 54 GB and get truncated on
+most hosts).
 """
 
 from __future__ import annotations
@@ -51,12 +60,15 @@ from jaxunlearn.methods.registry import MethodConfig
 from jaxunlearn.models.outputs import ModelOutput, forward
 from jaxunlearn.train.step import Objective
 
-__all__ = ["RefDist", "compress_logprobs", "model_on_support", "ref_on_support",
+__all__ = ["AUTO_TOP_K", "RefDist", "compress_logprobs", "model_on_support", "ref_on_support",
            "labels_on_support", "CacheSpec", "UnlearnResult", "UnlearnContext",
            "ProcedureMethod", "GradientMethod", "term_weights"]
 
 
 # ------------------------------------------------------------------------------ cached references
+
+# Tokens kept per position when ``ref_top_k = None`` and the full vocabulary does not fit.
+AUTO_TOP_K = 64
 
 
 class RefDist(NamedTuple):
@@ -150,7 +162,8 @@ class CacheSpec:
       retain_dist: cache the target's distribution on retain rows (KL retain term).
       hidden_layer: cache the target's residual stream after this block on retain rows
         (``cache["retain_hidden"]``, RMU) and a control vector (``cache["control"]``).
-      top_k: ``K`` for cached distributions (0 = full vocabulary).
+      top_k: ``K`` for cached distributions (0 = full vocabulary; None = the full
+        vocabulary when it fits in memory, else ``AUTO_TOP_K``: ``runner.choose_top_k``).
     Every method also gets ``cache["weight"]`` ``[B]``, its per-sequence forget weights.
     """
 
@@ -158,17 +171,20 @@ class CacheSpec:
     forget_dist: str | None = None
     retain_dist: bool = False
     hidden_layer: int | None = None
-    top_k: int = 0
+    top_k: int | None = None
 
 
 # ------------------------------------------------------------------------------ procedures
 
 
 class UnlearnResult(NamedTuple):
-    """The unlearned model and one metrics dict per step (``step``, ``loss``, ...)."""
+    """The unlearned model, one metrics dict per step (``step``, ``loss``, ...) and what the
+    run wants recorded beside them in ``unlearn.json`` (``reference_cache``: how the frozen
+    reference was cached, ``methods.runner.build_cache``)."""
 
     model: Any
     history: list[dict[str, float]]
+    info: Mapping[str, Any] = {}
 
 
 GradientRunner = Callable[["GradientMethod", Sequence[Mapping], Sequence[Mapping]], UnlearnResult]
@@ -257,7 +273,9 @@ class GradientMethod(MethodConfig):
       alpha: weight of the retain term, >= 0.
       retain_loss: ``"nll"`` (retain answers' token NLL) or ``"kl"`` (KL(target || model)
         on retain answers, from the cached target distribution).
-      ref_top_k: ``K`` of cached distributions (0 = full vocabulary); see the module doc.
+      ref_top_k: ``K`` of cached distributions: None (default) = the exact full vocabulary
+        when it fits in memory, else ``AUTO_TOP_K``; 0 = always the full vocabulary;
+        ``K > 0`` = always top-K. See the module doc.
     """
 
     kind: ClassVar[str] = "gradient"
@@ -267,12 +285,13 @@ class GradientMethod(MethodConfig):
     gamma: float = 1.0
     alpha: float = 1.0
     retain_loss: str = "nll"
-    ref_top_k: int = 64
+    ref_top_k: int | None = None
 
     def validate(self) -> None:
         self._at_least("gamma", 0.0)
         self._at_least("alpha", 0.0)
-        self._at_least("ref_top_k", 0)
+        if self.ref_top_k is not None:
+            self._at_least("ref_top_k", 0)
         self._one_of("retain_loss", self.retain_losses)
 
     def cache_spec(self, model_config: Any) -> CacheSpec:

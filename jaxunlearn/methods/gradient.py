@@ -17,6 +17,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import ClassVar
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxunlearn import losses
@@ -24,7 +26,8 @@ from jaxunlearn.methods.base import (GradientMethod, labels_on_support, model_on
                                      ref_on_support)
 from jaxunlearn.methods.registry import MethodError, register
 
-__all__ = ["GradAscent", "GradDiff", "NPO", "SimNPO", "IdkDPO", "RMU", "UNDIAL", "WGA", "RKLD"]
+__all__ = ["GradAscent", "GradDiff", "NPO", "SimNPO", "IdkDPO", "RMU", "UNDIAL", "WGA", "RKLD",
+           "answer_inputs"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -165,12 +168,20 @@ class IdkDPO(GradientMethod):
 @register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RMU(GradientMethod):
-    """Representation Misdirection for Unlearning (Li et al. 2024, WMDP).
+    """Representation Misdirection for Unlearning (Li et al. 2024, WMDP), as open-unlearning.
 
-    ``forget_term = rmu_forget_per_token(h_l(forget), c * u/|u|)``, ``retain_term =
-    rmu_retain_per_token(h_l(retain), h_l^target(retain))`` (``retain_loss="activation"``, cached), where
-    ``h_l`` is the residual stream after block ``layer``. ``layer=None`` picks block
-    ``num_layers // 2 - 1`` (7 of Llama-3.2-1B's 16, open-unlearning's choice);
+    ``forget_term = rmu_forget_per_sequence(h_l(forget), c * u/|u|, m)``, ``retain_term =
+    rmu_retain_per_sequence(h_l(retain), h_l^target(retain), m)`` (``retain_loss=
+    "activation"``, the target's cached): each averaged over a sequence's answer
+    positions, then over the sequences (``[B]`` terms, open-unlearning's
+    ``compute_activation_loss``). ``h_l`` is the residual stream after block ``layer``;
+    ``m`` marks the positions whose *input* token is an answer token (open-unlearning's
+    ``labels != -100`` before the shift; our loss mask shifted right by one).
+
+    ``layer=None``: block 7, open-unlearning's fixed ``module_regex: model\\.layers\\.7``
+    (whatever the depth), when the model has more than 7 blocks; a shallower model has no
+    block 7 and gets block ``num_layers // 2 - 1`` (at least 0), the relative depth block 7
+    has in Llama-3.2-1B's 16 (the synthetic benchmark's small models take this branch).
     ``steering_coeff`` 2 is open-unlearning's TOFU value (WMDP used 6.5-20 on 7B models).
     All parameters are trained, as open-unlearning does.
     """
@@ -179,6 +190,8 @@ class RMU(GradientMethod):
     reference: ClassVar[str] = "Li et al. 2024, 'The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning'"
     paper_train: ClassVar[Mapping[str, float]] = {"learning_rate": 1e-5, "epochs": 10}
     retain_losses: ClassVar[tuple[str, ...]] = ("activation", "nll", "kl")
+    # open-unlearning's configs/trainer/RMU.yaml: module_regex model\.layers\.7
+    REFERENCE_LAYER: ClassVar[int] = 7
     retain_loss: str = "activation"
     steering_coeff: float = 2.0
     layer: int | None = None
@@ -190,7 +203,10 @@ class RMU(GradientMethod):
             self._at_least("layer", 0)
 
     def hidden_layer(self, model_config) -> int:
-        return max(model_config.num_layers // 2 - 1, 0) if self.layer is None else self.layer
+        if self.layer is not None:
+            return self.layer
+        depth = model_config.num_layers
+        return self.REFERENCE_LAYER if depth > self.REFERENCE_LAYER else max(depth // 2 - 1, 0)
 
     def check_model(self, model_config) -> None:
         if self.hidden_layer(model_config) >= model_config.num_layers:
@@ -203,14 +219,20 @@ class RMU(GradientMethod):
 
     def forget_term(self, outputs, forget, cache):
         batch = forget["answer"]
-        return losses.rmu_forget_per_token(outputs["answer"].hidden, cache["control"][0],
-                                           batch.loss_mask)
+        return losses.rmu_forget_per_sequence(outputs["answer"].hidden, cache["control"][0],
+                                              answer_inputs(batch.loss_mask))
 
     def retain_term(self, output, retain, cache):
         if self.retain_loss != "activation":
             return super().retain_term(output, retain, cache)
-        return losses.rmu_retain_per_token(output.hidden, cache["retain_hidden"],
-                                           retain.loss_mask)
+        return losses.rmu_retain_per_sequence(output.hidden, cache["retain_hidden"],
+                                              answer_inputs(retain.loss_mask))
+
+
+def answer_inputs(loss_mask: jax.Array) -> jax.Array:
+    """``[B, T]``: 1 where the *input* token is an answer token. ``loss_mask[t]`` marks
+    label ``t`` = input ``t + 1``, so this is ``loss_mask`` shifted right by one."""
+    return jnp.pad(loss_mask[:, :-1], ((0, 0), (1, 0)))
 
 
 @register

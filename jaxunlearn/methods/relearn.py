@@ -18,7 +18,7 @@ Convention: their KL is ``F.kl_div(..., reduction="batchmean")`` over every posi
 the retain batch (prompt and padding included) divided by the number of rows; ours is
 ``losses.forward_kl``, the mean over *answer* tokens, like every other KL retain term
 here (a different scale: tune ``alpha`` accordingly). The target's retain distributions
-are cached once (top ``ref_top_k`` tokens, see ``methods``), so the frozen reference is
+are cached once (``ref_top_k``, see ``methods.base``), so the frozen reference is
 never on the device during training. Training is full fine-tuning (their script uses
 LoRA rank 32, alpha 32, lr 1e-4, 2 epochs; LoRA is not implemented here).
 
@@ -102,7 +102,8 @@ class ReLearn(ProcedureMethod):
     Attributes:
       gamma: weight of the augmented-forget NLL.
       alpha: weight of the retain term; retain_loss: ``kl+nll``, ``kl`` or ``nll``.
-      ref_top_k: tokens kept per position of the cached target distribution (0 = all).
+      ref_top_k: tokens kept per position of the cached target distribution (None = all
+        when they fit in memory, else ``AUTO_TOP_K``; 0 = all; see ``methods.base``).
       num_typos, completions: ``data.augment.TemplateAugmenter`` settings.
     """
 
@@ -113,7 +114,7 @@ class ReLearn(ProcedureMethod):
     gamma: float = 1.0
     alpha: float = 1.0
     retain_loss: str = "kl+nll"
-    ref_top_k: int = 64
+    ref_top_k: int | None = None
     num_typos: int = 2
     completions: bool = True
 

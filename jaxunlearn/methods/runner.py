@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxunlearn import losses
+from jaxunlearn import losses, resources
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data.forget_retain import PairedSchedule, Prepared, prepare_data
-from jaxunlearn.methods.base import (GradientMethod, ProcedureMethod, UnlearnContext,
-                                     UnlearnResult, compress_logprobs)
+from jaxunlearn.methods.base import (AUTO_TOP_K, CacheSpec, GradientMethod, ProcedureMethod,
+                                     RefDist, UnlearnContext, UnlearnResult, compress_logprobs)
 from jaxunlearn.methods.registry import get_method
 from jaxunlearn.models import compact
 from jaxunlearn.models.outputs import forward
@@ -47,7 +47,8 @@ from jaxunlearn.train import loop as loop_lib
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train import step as step_lib
 
-__all__ = ["run_compactions", "ReferenceCache", "build_cache", "unlearn_model"]
+__all__ = ["run_compactions", "ReferenceCache", "choose_top_k", "cache_budget", "build_cache",
+           "unlearn_model"]
 
 
 def run_compactions(data: Prepared, sched: PairedSchedule, epochs: int, *, micro_rows: int,
@@ -124,11 +125,13 @@ def _rkld_teacher(graphdef, params, strengthened, alpha, top_k, b):
 
 class ReferenceCache(NamedTuple):
     """Host arrays: ``forget`` fields ``[N_f, ...]``; ``retain`` fields ``[R, ...]`` for the
-    retain rows used, ``retain_slot[j]`` = row of retain example ``j`` (-1: unused)."""
+    retain rows used, ``retain_slot[j]`` = row of retain example ``j`` (-1: unused);
+    ``info``: how the distributions were cached (``unlearn.json``'s ``reference_cache``)."""
 
     forget: dict
     retain: dict
     retain_slot: np.ndarray
+    info: Mapping[str, Any] = {}
 
     def nbytes(self) -> int:
         return sum(x.nbytes for x in jax.tree.leaves((self.forget, self.retain)))
@@ -139,19 +142,68 @@ class ReferenceCache(NamedTuple):
                 **jax.tree.map(lambda x: x[slots], self.retain)}
 
 
+def cache_budget() -> int:
+    """Host bytes a reference cache may take: half of the memory available now (the rest
+    stays for the data, the model's host copies and JAX)."""
+    return resources.available_memory() // 2
+
+
+def choose_top_k(top_k: int | None, full_bytes: int, budget: int) -> int:
+    """The ``K`` to cache with: ``top_k`` when set; else 0 (the exact full vocabulary) when
+    its ``full_bytes`` fit in ``budget``, else ``AUTO_TOP_K``."""
+    if top_k is not None:
+        return top_k
+    return 0 if full_bytes <= budget else AUTO_TOP_K
+
+
+def _loss_positions(encoded: Sequence[batch_lib.Encoded], seq_len: int) -> np.ndarray:
+    """``[N, seq_len]`` bool: the label positions that count (``collate``'s loss mask)."""
+    mask = np.zeros((len(encoded), seq_len), bool)
+    for i, e in enumerate(encoded):
+        mask[i, :e.length] = e.counted[1:] > 0
+    return mask
+
+
+def _tail_mass(dist: RefDist, encoded, seq_len: int) -> dict[str, float] | None:
+    """Mean and max over the loss tokens of the probability the cache lumps into "any
+    other token" (0 for a full-vocabulary cache); None without loss tokens."""
+    on = _loss_positions(encoded, seq_len)
+    if not on.any():
+        return None
+    if dist.index is None:
+        return {"mean": 0.0, "max": 0.0}
+    mass = np.exp(np.asarray(dist.tail, np.float64))[on]
+    return {"mean": float(mass.mean()), "max": float(mass.max())}
+
+
 def build_cache(method: GradientMethod, graphdef, params, model_config, data: Prepared,
                 retain_used: np.ndarray, *, batch_size: int, mesh=None, seed: int = 0,
-                strengthened: Any = None) -> ReferenceCache:
+                strengthened: Any = None, memory_budget: int | None = None) -> ReferenceCache:
     """Everything ``method`` needs from the frozen target, computed once (host memory).
 
     Args:
       params: the target's parameters (the reference).
       retain_used: sorted retain indices the schedule will use.
       strengthened: RKLD's strengthened parameters (required when the spec asks for its teacher).
+      memory_budget: host bytes the distributions may take when the method leaves ``K`` to
+        the cache (``ref_top_k = None``); default :func:`cache_budget`.
+    Returns:
+      the cache; its ``info`` says ``distribution`` (``"full"``, ``"top_k"`` or ``"none"``),
+      ``top_k``, ``chosen_by`` (``"auto"`` or ``"method.ref_top_k"``), the bytes the full
+      vocabulary would take, the cache's bytes, and per cached distribution the mean and
+      max tail mass over the loss tokens (0 when full).
     """
     spec = method.cache_spec(model_config)
     kw = dict(batch_size=batch_size, pad_id=data.pad_id, mesh=mesh)
     answers = data.forget["answer"]
+    used = [data.retain[i] for i in retain_used]
+    positions = ((len(answers) * data.t_forget if spec.forget_dist is not None else 0)
+                 + (len(used) * data.t_retain if spec.retain_dist and used else 0))
+    full_bytes = positions * model_config.vocab_size * 4
+    budget = cache_budget() if memory_budget is None and spec.top_k is None else memory_budget
+    chosen_by = "auto" if spec.top_k is None else "method.ref_top_k"
+    spec = dataclasses.replace(spec, top_k=choose_top_k(
+        spec.top_k, full_bytes, budget if budget is not None else 0))
     forget: dict[str, Any] = {"ref_logp": {}}
     ref_answer, counts = _score(_seq_logp, (graphdef, params), answers, data.t_forget, **kw)
     forget["weight"] = np.asarray(method.sequence_weights(ref_answer, counts), np.float32)
@@ -170,7 +222,6 @@ def build_cache(method: GradientMethod, graphdef, params, model_config, data: Pr
     elif spec.forget_dist is not None:
         raise ValueError(f"build_cache: unknown forget_dist {spec.forget_dist!r}")
 
-    used = [data.retain[i] for i in retain_used]
     retain: dict[str, Any] = {}
     if not used:  # no update will run: nothing is ever gathered from the retain cache
         spec = dataclasses.replace(spec, retain_dist=False, hidden_layer=None)
@@ -185,7 +236,25 @@ def build_cache(method: GradientMethod, graphdef, params, model_config, data: Pr
         forget["control"] = np.broadcast_to(np.asarray(control), (len(answers), control.shape[0]))
     slot = np.full(len(data.retain), -1, np.int64)
     slot[retain_used] = np.arange(len(retain_used))
-    return ReferenceCache(forget, retain, slot)
+    cache = ReferenceCache(forget, retain, slot)
+    return cache._replace(info=_cache_info(spec, chosen_by, cache, full_bytes, {
+        "forget_dist": (answers, data.t_forget), "retain_dist": (used, data.t_retain)}))
+
+
+def _cache_info(spec: CacheSpec, chosen_by: str, cache: ReferenceCache, full_bytes: int,
+                sources) -> dict[str, Any]:
+    # The budget is not recorded: it is this moment's free memory, and unlearn.json must
+    # be the same for the same run (tests/test_determinism.py).
+    dists = {name: d for name, d in (*cache.forget.items(), *cache.retain.items())
+             if isinstance(d, RefDist)}
+    info: dict[str, Any] = {"bytes": int(cache.nbytes())}
+    if not dists:
+        return {"distribution": "none", **info}
+    full = all(d.index is None for d in dists.values())  # K = 0 or K >= V: kept whole
+    info.update(distribution="full" if full else "top_k", top_k=None if full else spec.top_k,
+                chosen_by=chosen_by, full_vocabulary_bytes=int(full_bytes))
+    info["tail_mass"] = {name: _tail_mass(d, *sources[name]) for name, d in dists.items()}
+    return info
 
 
 # ----------------------------------------------------------------------------------- the loop
@@ -229,8 +298,9 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
         people for QA, heldout canaries for canaries); procedure methods that stop at
         the never-seen memorisation level (SGA, TAU) measure it on them.
     Returns:
-      ``UnlearnResult(model, history)``: one record per update with ``loss``, ``grad_norm``,
-      ``forget_loss``, ``retain_loss``, ``forget_prob``, ``retain_prob``.
+      ``UnlearnResult(model, history, info)``: one record per update with ``loss``,
+      ``grad_norm``, ``forget_loss``, ``retain_loss``, ``forget_prob``, ``retain_prob``;
+      ``info["reference_cache"]`` as ``ReferenceCache.info`` (gradient methods).
     """
     method = get_method(method_cfg)
     if mesh is not None:
@@ -299,4 +369,5 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
         model_config=dataclasses.asdict(model_config),
         place_batch=loop_lib.batch_placer(mesh, train_cfg.grad_accum), progress=progress,
         desc=f"unlearn {method.name}")
-    return UnlearnResult(nnx.merge(graphdef, result.state.params), result.history)
+    return UnlearnResult(nnx.merge(graphdef, result.state.params), result.history,
+                         {"reference_cache": dict(cache.info)})

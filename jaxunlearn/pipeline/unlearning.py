@@ -48,7 +48,9 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     Everything is validated before any work (method and hyper-parameters; benchmark
     splits and their disjointness; mesh vs devices and batch; model and tokenizer; record
     lengths). The result goes to ``<output_dir>/<method name>`` (HF safetensors with the
-    tokenizer, written atomically) with ``unlearn.json`` (method, history, timings);
+    tokenizer, written atomically) with ``unlearn.json`` (method, history, timings, and
+    ``reference_cache``: full-vocabulary or top-K reference distributions, with the tail
+    mass when truncated);
     checkpoints to ``<output_dir>/checkpoints/unlearn-<name>-<fingerprint>``.
     """
     method = methods.get_method(cfg.method)
@@ -100,7 +102,8 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
                         "method": method.to_dict(), "target": str(path),
                         "forget": cfg.data.forget, "retain": cfg.data.retain_split,
                         "seconds": round(seconds, 2), "updates": len(result.history),
-                        "history": result.history, **provenance(cfg, mesh)}})
+                        "history": result.history, **result.info,
+                        **provenance(cfg, mesh)}})
     ckpt_lib.remove_checkpoints(ckpt_dir)
     last = result.history[-1] if result.history else {}
     print(f"{method.name}: {len(result.history)} updates in {seconds:.1f}s; forget prob "

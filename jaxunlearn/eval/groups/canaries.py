@@ -7,8 +7,14 @@ the heldout ones), from the shared scoring pass:
 * secret accuracy: the same over the secret's tokens; extracted: 1 when it is 1 (greedy
   decoding after the prefix reproduces the secret);
 * ES: extraction strength on the secret;
-* exposure: ``log2|R| - log2 rank`` of ``-log p(secret | prefix)`` among
-  ``exposure_candidates`` same-format secrets, scaled to the secret space R.
+* exposure (bits) of ``Px(s) = -log p(secret | prefix)`` against ``exposure_candidates``
+  same-format secrets drawn from the secret space R, two estimators (Carlini et al. 2019):
+  ``exposure`` extrapolates with a skew-normal fitted to the candidates' ``Px`` (sec.
+  4.2; ``EXPOSURE_ESTIMATOR``), capped at ``log2|R|``; ``exposure_rank`` is the
+  sampled rank scaled to R, ``log2|R| - log2 rank``, which can only take m + 1 values
+  for m candidates and saturates at ``log2|R|`` when the secret beats every sample
+  (19.9 bits for |R| = 1e6, while one lower sample already drops it to about ``log2 m``);
+  the share of such censored canaries is ``exposure_censored``.
 
 Means per split and per (split, repetition count); over the forget canaries the counts
 extracted, extractable (MA >= ``extractable_ma``) and over-unlearned (MA <
@@ -30,7 +36,10 @@ from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.eval.results import CanaryResult, CanaryScores
 from jaxunlearn.eval.scoring import SequenceScores
 
-__all__ = ["canary_numbers", "summarize", "compute", "GROUP"]
+__all__ = ["EXPOSURE_ESTIMATOR", "canary_numbers", "summarize", "compute", "GROUP"]
+
+# What ``exposure`` holds (eval.json ``info.canary_exposure_estimator``).
+EXPOSURE_ESTIMATOR = "skewnorm"
 
 
 def _padded(mask: np.ndarray, width: int) -> np.ndarray:
@@ -46,7 +55,9 @@ def _secret_nll(scores: SequenceScores, row: int, secret: np.ndarray) -> float:
 
 def canary_numbers(plan: CanaryPlan, scores: SequenceScores) -> list[dict]:
     """Per canary: split, repetitions, ``ma``, ``secret_accuracy``, ``extracted``, ``es``,
-    ``loss`` (mean token log-prob) and, where candidates were scored, ``exposure``."""
+    ``loss`` (mean token log-prob) and, where candidates were scored, ``exposure``
+    (skew-normal extrapolation), ``exposure_rank`` and ``exposure_censored`` (1 when the
+    secret's ``Px`` is below every candidate's: the rank estimate is at its ceiling)."""
     width = scores.mask.shape[1]
     out = []
     for i, c in enumerate(plan.records):
@@ -66,8 +77,12 @@ def canary_numbers(plan: CanaryPlan, scores: SequenceScores) -> list[dict]:
         if plan.candidates[i] is not None:
             cand = [_secret_nll(scores, int(j), s)
                     for j, s in zip(plan.candidates[i], plan.candidate_secret[i])]
-            item["exposure"] = memorization_metrics.exposure(
-                _secret_nll(scores, row, plan.secret[i]), cand, space_size=plan.space[i])
+            px = _secret_nll(scores, row, plan.secret[i])
+            item["exposure"] = memorization_metrics.exposure_skewnorm(
+                px, cand, space_size=plan.space[i])
+            item["exposure_rank"] = memorization_metrics.exposure(
+                px, cand, space_size=plan.space[i])
+            item["exposure_censored"] = float(px < min(cand))
         out.append(item)
     return out
 
@@ -102,8 +117,9 @@ def summarize(items: list[dict], options: SuiteConfig) -> CanaryResult:
             over_unlearned=float(sum(it["ma"] < options.over_unlearned_ma for it in forget)))
     # LOSS attack on whole canaries: do forget canaries still look like members?
     auc = mia.auc([it["loss"] for it in forget], held) if forget and held else None
+    estimator = EXPOSURE_ESTIMATOR if any("exposure" in it for it in items) else None
     return CanaryResult(splits=splits, by_repetitions=table, mia_loss_auc=auc,
-                        count=len(items), **counts)
+                        count=len(items), exposure_estimator=estimator, **counts)
 
 
 def compute(inputs: GroupInputs, done: Mapping[str, Any]) -> CanaryResult | None:
