@@ -130,13 +130,13 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     validate.check_context([e.length for v in prepared.forget.values() for e in v]
                            + [e.length for e in prepared.retain], config,
                            what=f"{cfg.data.forget}/{cfg.data.retain_split} sequences")
+    monitor = _monitor(cfg, method, model, config, tokenizer, forget, retain, best_dir, resume)
 
     if not resume and ckpt_lib.remove_checkpoints(ckpt_dir):
         print(f"starting over: removed the checkpoints of an earlier run in {ckpt_dir} "
               "(--resume continues one)", file=sys.stderr)
     print(f"unlearning {cfg.data.forget} ({len(forget)} records, retain {len(retain)}) from "
           f"{path} with {method.name}", file=sys.stderr)
-    monitor = _monitor(cfg, method, model, config, tokenizer, forget, retain, best_dir, resume)
     t0 = time.perf_counter()
     never_seen = ()
     if isinstance(method, methods.ProcedureMethod):
