@@ -66,11 +66,14 @@ def _out_of_memory(exc: BaseException) -> bool:
         "RuntimeError" in type(exc).__name__ and "RESOURCE_EXHAUSTED" in str(exc))
 
 
-def _add_config_args(p: argparse.ArgumentParser, *, config: bool = True) -> None:
-    if config:
-        p.add_argument("--config", type=Path, default=None, help="YAML run configuration")
+def _add_print_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved configuration as YAML and exit")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="YAML run configuration")
+    _add_print_config(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides, e.g. method=npo method.beta=0.1 mesh.fsdp=4")
 
@@ -123,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run an experiment YAML (experiments/*.yaml)")
     p.add_argument("experiment", type=Path)
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    _add_config_args(p, config=False)
+    _add_print_config(p)
 
     p = sub.add_parser("convert", help="convert a GGUF file or HF directory to a safetensors directory")
     p.add_argument("source", type=Path)
