@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import os
 import sys
 from pathlib import Path
@@ -65,8 +66,14 @@ def _out_of_memory(exc: BaseException) -> bool:
         "RuntimeError" in type(exc).__name__ and "RESOURCE_EXHAUSTED" in str(exc))
 
 
+def _add_print_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration as YAML and exit")
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, help="YAML run configuration")
+    _add_print_config(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides, e.g. method=npo method.beta=0.1 mesh.fsdp=4")
 
@@ -74,8 +81,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxunlearn",
-        description="Make a language model forget, and prove that it did.")
+        description="Make a language model forget, and prove that it did.",
+        epilog="`jaxunlearn methods` lists the methods and their hyper-parameters; "
+               "`--print-config` on train/unlearn/eval/demo/run shows every config key.")
+    parser.add_argument("--version", action="version",
+                        version=f"jaxunlearn {importlib.metadata.version('jaxunlearn')}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("methods", help="list the unlearning methods, their hyper-parameters "
+                   "and defaults (one line each)")
 
     p = sub.add_parser("demo", help="the main job: benchmark, train, unlearn with every "
                        "method, evaluate, report")
@@ -112,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run an experiment YAML (experiments/*.yaml)")
     p.add_argument("experiment", type=Path)
     p.add_argument("overrides", nargs="*", metavar="key=value")
+    _add_print_config(p)
 
     p = sub.add_parser("convert", help="convert a GGUF file or HF directory to a safetensors directory")
     p.add_argument("source", type=Path)
@@ -138,7 +153,15 @@ def _output_lock(cfg, command: str):
                                command=f"jaxunlearn {command}")
 
 
+def _print_config(cfg) -> int:
+    print(tools.config_yaml(cfg), end="")
+    return 0
+
+
 def _dispatch(args) -> int:
+    if args.command == "methods":
+        print("\n".join(tools.method_lines()))
+        return 0
     if args.command == "generate-data":
         tools.generate_data(args.out, people=args.people, qa_per_person=args.qa_per_person,
                             seed=args.seed, overwrite=args.overwrite)
@@ -153,15 +176,21 @@ def _dispatch(args) -> int:
         return report.main_report(args.eval_json)
     if args.command == "run":
         cfg, _ = experiment.read_experiment(args.experiment, args.overrides)
+        if args.print_config:
+            return _print_config(cfg)
         with _output_lock(cfg, args.command):
             return experiment.run_experiment(args.experiment, args.overrides)
     if args.command == "demo":
         cfg = load_config(args.config, args.overrides, base=demo.DEFAULTS)
+        if args.print_config:
+            return _print_config(cfg)
         _start_distributed(cfg)
         subset = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
         with _output_lock(cfg, args.command):
             return demo.run_demo(cfg, subset)
     cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        return _print_config(cfg)
     _start_distributed(cfg)
     with _output_lock(cfg, args.command):
         return _dispatch_run(args, cfg)

@@ -25,12 +25,18 @@ import yaml
 from jaxunlearn import resources, strict_yaml
 from jaxunlearn.data.schema import retain_split_of
 from jaxunlearn.errors import ConfigError, ValidationError
+from jaxunlearn.eval.progress import PROGRESS_METRICS
 from jaxunlearn.models.llama import REMAT_POLICIES
 from jaxunlearn.models.presets import PRESETS
 from jaxunlearn.train.mesh import MeshConfig
 from jaxunlearn.train.step import OptimizerConfig
+from jaxunlearn.train.tracking import TRACKERS
 from jaxunlearn.validate import path_component
 
+
+# Keys an experiment YAML (experiments/*.yaml, `jaxunlearn run`) adds to a run config; a
+# command given such a file with --config reads its run config and leaves these to `run`.
+EXPERIMENT_KEYS = ("description", "reproduces", "expected", "requires", "stages")
 
 # Integers anywhere in a config: int32, what every array shape and jitted scalar takes.
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
@@ -123,9 +129,14 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    log_every: int = 10
+    log_every: int = 10  # metrics to <run>/metrics.jsonl (and the tracker) every k updates
     checkpoint_every: int = 0  # 0: only at the end (and on interruption)
+    # unlearn: the small fixed evaluation (eval.progress) every k updates, into the history
     eval_every: int = 0
+    # unlearn: save the model of the best progress evaluation in this metric (e.g.
+    # forget_quality, retain_prob; eval.progress.PROGRESS_METRICS), not the last one
+    keep_best: str | None = None
+    tracker: str = "none"  # none | tensorboard | wandb (besides metrics.jsonl)
     # unlearn: run the model on real tokens only, the LM head on loss tokens only
     # (models.compact); same values, less arithmetic. False: the padded computation.
     padding_free: bool = True
@@ -143,6 +154,16 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0 (0: off), got "
                                   f"{getattr(self, name)}")
+        if self.tracker not in TRACKERS:
+            raise ConfigError(f"train.tracker must be one of {', '.join(TRACKERS)}, got "
+                              f"{self.tracker!r}")
+        if self.keep_best is not None:
+            if self.keep_best not in PROGRESS_METRICS:
+                raise ConfigError(f"train.keep_best must be one of "
+                                  f"{', '.join(PROGRESS_METRICS)}, got {self.keep_best!r}")
+            if self.eval_every < 1:
+                raise ConfigError("train.keep_best needs train.eval_every >= 1 (the "
+                                  "evaluations it chooses among)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -155,6 +176,9 @@ class EvalConfig:
     metrics: tuple[str, ...] = ()  # empty: all
     max_records: int | None = 200  # per split, None: all
     fast: bool = False  # the suite's reduced settings (demo, smoke tests)
+    # The retain (gold) model forget quality is measured against during unlearning
+    # (train.eval_every); None: the one `jaxunlearn train --which retain` made, if any.
+    retain_model: str | None = None
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -324,7 +348,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
         loaded = loaded or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
-        _merge(tree, loaded)
+        _merge(tree, {k: v for k, v in loaded.items() if k not in EXPERIMENT_KEYS})
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value")

@@ -221,8 +221,9 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
+def _save(fig, path: Path, tight: bool = True) -> None:
+    if tight:
+        fig.tight_layout()
     _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
@@ -239,29 +240,64 @@ def _log_floor(values) -> float:
 Results = Mapping[str, ModelResult]
 
 
+def spread_labels(ys: Sequence[float], gap: float, low: float = 0.0,
+                  high: float = 1.0) -> list[float]:
+    """Label heights near ``ys`` (axes fractions), in the same order, at least ``gap`` apart
+    and inside ``[low, high]`` (needs ``(len(ys) - 1) * gap <= high - low``): pushed up from
+    the bottom where they crowd, then down from the top where that ran over ``high``."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    out = [0.0] * len(ys)
+    level = low - gap
+    for i in order:
+        level = max(min(max(ys[i], low), high), level + gap)
+        out[i] = level
+    level = high + gap
+    for i in reversed(order):
+        level = min(out[i], level - gap)
+        out[i] = level
+    return out
+
+
 def _fq_vs_mu(models: Results, names: list[str], path: Path) -> bool:
     pts = [(n, _num(models[n].tofu.model_utility), _num(models[n].tofu.forget_quality))
            for n in names]
     pts = [(n, mu, fq) for n, mu, fq in pts if math.isfinite(mu) and math.isfinite(fq)]
     if not pts:
         return False
-    fig = _figure(6.0, 4.5)
-    ax = fig.add_subplot()
+    fig = _figure(7.5, 5.0)
+    ax = fig.add_axes((0.1, 0.11, 0.6, 0.8))
     floor = _log_floor([fq for _, _, fq in pts])
-    for n, mu, fq in pts:
+    ys = [max(fq, floor) for _, _, fq in pts]
+    for (n, mu, fq), y in zip(pts, ys):
         style = {"target": ("tab:red", "*", 180), "retain": ("tab:green", "P", 140)}.get(
             n, ("tab:blue", "o", 50))
         # A p-value of exactly 0 sits at the floor, drawn as a downward triangle.
         marker = style[1] if fq > 0 else "v"
-        ax.scatter([mu], [max(fq, floor)], c=style[0], marker=marker, s=style[2], zorder=3)
-        ax.annotate(n if fq > 0 else f"{n} (FQ=0)", (mu, max(fq, floor)),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.scatter([mu], [y], c=style[0], marker=marker, s=style[2], zorder=3)
     ax.set_yscale("log")
-    ax.set_xlabel("model utility")
-    ax.set_ylabel("forget quality (KS p-value, log)")
+    xs = [mu for _, mu, _ in pts]
+    pad = max(0.02, 0.05 * (max(xs) - min(xs)))
+    ax.set_xlim(min(xs) - pad, max(xs) + pad)
+    lo, hi = math.log10(min(ys)), math.log10(max(ys))
+    margin = max(0.3, 0.06 * (hi - lo))
+    ax.set_ylim(10 ** (lo - margin), 10 ** (hi + margin))
+    # Labels in a column right of the plot, each joined to its point by a thin line: they
+    # cannot overlap however close the points are.
+    to_axes = ax.transAxes.inverted()
+    fracs = [to_axes.transform(ax.transData.transform((mu, y)))[1] for (_, mu, _), y in
+             zip(pts, ys)]
+    heights = spread_labels(fracs, gap=min(0.06, 1.0 / max(len(pts) - 1, 1)))
+    for (n, mu, fq), y, h in zip(pts, ys, heights):
+        label = f"{n}  (FQ {fq:.1e}, MU {mu:.2f})" if fq > 0 else f"{n}  (FQ=0, MU {mu:.2f})"
+        ax.annotate(label, (mu, y), xytext=(1.03, h), textcoords="axes fraction",
+                    fontsize=7.5, va="center", annotation_clip=False,
+                    arrowprops=dict(arrowstyle="-", color="0.7", lw=0.5, shrinkA=0,
+                                    shrinkB=4))
+    ax.set_xlabel("model utility \u2192 better")
+    ax.set_ylabel("forget quality (KS p-value, log) \u2192 better")
     ax.set_title("Forget quality vs model utility")
     ax.grid(True, alpha=0.3)
-    _save(fig, path)
+    _save(fig, path, tight=False)
     return True
 
 
@@ -297,36 +333,55 @@ def _method_bars(models: Results, names: list[str], path: Path) -> bool:
 
 
 def _canary_curves(models: Results, names: list[str], path: Path) -> bool:
+    """Small multiples: one panel per model, its forget and retain canaries' MA against
+    the repetition count, over the target's forget curve in grey (what unlearning starts
+    from) and the target's never-seen level (dashed); one legend for all panels."""
     tables = {n: models[n].canaries.by_repetitions for n in names
               if models[n].canaries and models[n].canaries.by_repetitions}
+    tables = {n: t for n, t in tables.items() if t.get("forget") or t.get("retain")}
     if not tables:
         return False
-    splits = [s for s in ("forget", "retain") if any(s in t for t in tables.values())]
-    if not splits:
-        return False
-    fig = _figure(5.0 * len(splits), 4.0)
-    for i, split in enumerate(splits):
-        ax = fig.add_subplot(1, len(splits), i + 1)
-        for n, table in tables.items():
-            rows = table.get(split)
-            if not rows:
-                continue
-            reps = sorted(rows)
-            style = {"target": dict(color="tab:red", lw=2.5), "retain": dict(color="tab:green",
-                                                                             lw=2.5)}.get(n, {})
-            ax.plot(reps, [_num(rows[r].ma) for r in reps], marker="o", label=n, **style)
-            held = table.get("heldout", {})
-            if n == "target" and held:
-                level = np.mean([_num(v.ma) for v in held.values()])
-                ax.axhline(level, color="gray", ls="--", lw=1, label="never seen (target)")
+    cols = min(6, len(tables))
+    rows = -(-len(tables) // cols)
+    fig = _figure(2.0 * cols + 0.4, 1.75 * rows + 0.9)
+    target = tables.get("target", {})
+    held = target.get("heldout", {})
+    never_seen = np.mean([_num(v.ma) for v in held.values()]) if held else None
+    handles = {}
+    for i, (n, table) in enumerate(tables.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        if target.get("forget") and n != "target":
+            reps = sorted(target["forget"])
+            handles["target, forget"], = ax.plot(
+                reps, [_num(target["forget"][r].ma) for r in reps], color="0.75", lw=2.5)
+        if never_seen is not None:
+            handles["never seen (target)"] = ax.axhline(never_seen, color="0.5", ls="--", lw=0.8)
+        for split, color in (("retain", "tab:orange"), ("forget", "tab:blue")):
+            rows_ = table.get(split)
+            if rows_:
+                reps = sorted(rows_)
+                handles[f"{split} canaries"], = ax.plot(
+                    reps, [_num(rows_[r].ma) for r in reps], color=color, marker="o", ms=2.5,
+                    lw=1.4)
         ax.set_xscale("log", base=2)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("training repetitions")
-        ax.set_ylabel("memorisation accuracy")
-        ax.set_title(f"{split} canaries")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(n, fontsize=8.5, color={"target": "tab:red",
+                                              "retain": "tab:green"}.get(n, "black"))
+        ax.tick_params(labelsize=6.5)
+        if i % cols:
+            ax.set_yticklabels([])
+        else:
+            ax.set_ylabel("MA", fontsize=7.5)
+        if i // cols == rows - 1 or i + cols >= len(tables):
+            ax.set_xlabel("repetitions", fontsize=7.5)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    _save(fig, path)
+    fig.suptitle("Canary memorisation accuracy by training repetitions", fontsize=10)
+    order = [k for k in ("forget canaries", "retain canaries", "target, forget",
+                         "never seen (target)") if k in handles]
+    fig.legend([handles[k] for k in order], order, loc="lower center", ncol=len(order),
+               fontsize=7.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    _save(fig, path, tight=False)
     return True
 
 

@@ -150,3 +150,51 @@ def test_mistyped_numbers_name_the_model_and_field(tmp_path, evaluation):
                                         "number"):
         report.write_report(evaluation, tmp_path)
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_spread_labels_keep_order_gap_and_bounds():
+    rng = np.random.default_rng(0)
+    ys = np.concatenate([rng.uniform(0, 1, 6), np.full(5, 0.95), np.full(4, 0.02), [-0.3, 1.4]])
+    gap = 1.0 / (len(ys) - 1)
+    out = np.asarray(report.spread_labels(ys.tolist(), gap))
+    order = np.argsort(ys, kind="stable")
+    assert np.all(np.diff(out[order]) >= gap - 1e-12)  # same order, never closer than gap
+    assert out.min() >= -1e-12 and out.max() <= 1 + 1e-12
+    alone = report.spread_labels([0.3, 0.7], 0.1)  # uncrowded labels stay at their points
+    assert alone == pytest.approx([0.3, 0.7])
+
+
+def _figures(monkeypatch, evaluation, tmp_path) -> dict:
+    saved = {}
+    real = report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path, tight=True: (
+        saved.__setitem__(path.name, fig), real(fig, path, tight)))
+    report.write_outputs(evaluation, tmp_path)
+    return saved
+
+
+def test_canary_figure_is_one_panel_per_model_with_one_legend(tmp_path, evaluation, monkeypatch):
+    fig = _figures(monkeypatch, evaluation, tmp_path)["canaries.png"]
+    assert [ax.get_title() for ax in fig.axes] == list(report._ordered(
+        report.read_models(evaluation, "test")))
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    # The target's forget curve is drawn in grey behind every other model's panel.
+    grey = [ax for ax in fig.axes if any(line.get_color() == "0.75" for line in ax.lines)]
+    assert len(grey) == len(fig.axes) - 1
+
+
+def test_fq_mu_labels_never_overlap(tmp_path, evaluation, monkeypatch):
+    base = evaluation["models"]["npo"]
+    for i in range(8):  # eight methods at nearly the same point
+        evaluation["models"][f"npo_{i}"] = {**base, "forget_quality": 0.03 * (1 + 0.01 * i),
+                                            "model_utility": base["model_utility"] + 0.001 * i}
+    fig = _figures(monkeypatch, evaluation, tmp_path)["fq_vs_mu.png"]
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    from matplotlib.text import Text  # the text alone (an annotation's box includes its line)
+
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]
+    assert len(boxes) == 12
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), "two labels overlap"

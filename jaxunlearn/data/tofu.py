@@ -173,7 +173,8 @@ def _merge_perturbed(base: list[dict], extra: list[dict], source: str) -> list[d
     return merged
 
 
-def _looks_like_hub_id(source: str) -> bool:
+def looks_like_hub_id(source: str) -> bool:
+    """``owner/name``: one slash, not a relative or absolute path."""
     return source.count("/") == 1 and not source.startswith((".", "/", "~"))
 
 
@@ -214,7 +215,7 @@ def load_split(source: str | os.PathLike, split: str, *,
         raise DataError(f"split {split!r}: must be a plain split name such as 'forget10'")
     path = Path(source)
     if not path.exists():
-        if not _looks_like_hub_id(str(source)):
+        if not looks_like_hub_id(str(source)):
             raise DataError(f"{source}: no such benchmark directory")
         rows = _hub_rows(str(source), split)
         records = _validate_hub(rows, f"hub:{source}/{split}", split, required)
@@ -339,7 +340,7 @@ def load_muse_corpus(path: str | os.PathLike, *, split: str = "forget",
     p = Path(path)
     text_fields = {"text": check_str}
     if not p.exists():
-        if not _looks_like_hub_id(str(path)):
+        if not looks_like_hub_id(str(path)):
             raise DataError(f"{path}: no such file or directory")
         rows = _hub_rows(str(path), config, split)
         recs = validate_records(((f"record {i + 1}", r) for i, r in enumerate(rows)),

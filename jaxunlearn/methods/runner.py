@@ -283,7 +283,9 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
                   seed: int = 0, max_len: int = 256, truncate: bool = False,
                   checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
                   fingerprint: str = "", progress: bool = False,
-                  never_seen_records: Sequence[Mapping] = ()) -> UnlearnResult:
+                  never_seen_records: Sequence[Mapping] = (),
+                  hooks: Sequence[loop_lib.Hook] = (), log=None,
+                  log_every: int = 0) -> UnlearnResult:
     """Unlearn ``forget_records`` from ``model`` in-process (no disk round trip).
 
     Args:
@@ -297,6 +299,9 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
       never_seen_records: records of the forget set's kind the target never saw (holdout
         people for QA, heldout canaries for canaries); procedure methods that stop at
         the never-seen memorisation level (SGA, TAU) measure it on them.
+      hooks: ``train.loop.Hook`` s of the loop (gradient methods only), e.g. the progress
+        evaluation of ``pipeline.progress``; their results join the history.
+      log, log_every: as ``train.loop.run_loop`` (a procedure's gradient loops log too).
     Returns:
       ``UnlearnResult(model, history, info)``: one record per update with ``loss``,
       ``grad_norm``, ``forget_loss``, ``retain_loss``, ``forget_prob``, ``retain_prob``;
@@ -309,7 +314,7 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
         def run_gradient(gradient_method, forget, retain):
             return unlearn_model(model, tokenizer, forget, retain, gradient_method, train_cfg,
                                  mesh=mesh, seed=seed, max_len=max_len, truncate=truncate,
-                                 progress=progress)
+                                 progress=progress, log=log, log_every=log_every)
 
         return method.run(UnlearnContext(
             model=model, tokenizer=tokenizer, forget_records=tuple(forget_records),
@@ -368,6 +373,6 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
         checkpoint_every=train_cfg.checkpoint_every, resume=resume, fingerprint=fingerprint,
         model_config=dataclasses.asdict(model_config),
         place_batch=loop_lib.batch_placer(mesh, train_cfg.grad_accum), progress=progress,
-        desc=f"unlearn {method.name}")
+        desc=f"unlearn {method.name}", hooks=hooks, log=log, log_every=log_every)
     return UnlearnResult(nnx.merge(graphdef, result.state.params), result.history,
                          {"reference_cache": dict(cache.info)})

@@ -11,6 +11,7 @@ from jaxunlearn.errors import UserError
 from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.models import load_pretrained, load_tokenizer
 from jaxunlearn.pipeline.evaluation import Evaluation
+from jaxunlearn.pipeline.provision import require_benchmark
 from jaxunlearn.train.mesh import from_config
 
 __all__ = ["parse_model_args", "main_eval"]
@@ -57,6 +58,7 @@ def main_eval(cfg, model_args: Sequence[str], retain_model_path) -> int:
     by the rules of :class:`~jaxunlearn.pipeline.evaluation.Evaluation`, and writes
     ``<output_dir>/eval.json`` and the report beside it."""
     options = SuiteConfig.from_run_config(cfg)
+    require_benchmark(cfg)
     models = parse_model_args(model_args)
     if not models and retain_model_path is None:
         raise UserError("eval: give at least one --model [NAME=]PATH")

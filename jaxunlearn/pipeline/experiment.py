@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from jaxunlearn.config import RunConfig, _yaml, load_config
+from jaxunlearn.config import EXPERIMENT_KEYS, RunConfig, _yaml, load_config
 from jaxunlearn.errors import ConfigError
 from jaxunlearn.pipeline.evaluate import main_eval
 from jaxunlearn.pipeline.training import train_model
@@ -29,7 +29,7 @@ from jaxunlearn.pipeline.unlearning import run_unlearning
 __all__ = ["STAGES", "read_experiment", "run_experiment"]
 
 STAGES = ("train_target", "train_retain", "unlearn", "eval")
-_META = ("description", "reproduces", "expected", "requires", "stages")
+_META = EXPERIMENT_KEYS
 
 
 def read_experiment(path: Path, overrides: Sequence[str]) -> tuple[RunConfig, dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 from flax import nnx
 
+from jaxunlearn.config import DataConfig
 from jaxunlearn.data import synthetic, tofu
 from jaxunlearn.data import tokenizer as tok_lib
 from jaxunlearn.errors import UserError
@@ -28,10 +29,26 @@ from jaxunlearn.train import budget
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.validate import check_vocab
 
-__all__ = ["TOKENIZER_DIR", "ensure_benchmark", "ensure_tokenizer", "model_path",
+__all__ = ["TOKENIZER_DIR", "require_benchmark", "ensure_benchmark", "ensure_tokenizer", "model_path",
            "resolve_tokenizer", "build_model", "provenance"]
 
 TOKENIZER_DIR = "tokenizer"  # inside the benchmark directory
+
+
+def require_benchmark(cfg) -> str:
+    """``cfg.data.benchmark`` for commands that read it (``unlearn``, ``eval``).
+
+    A path that does not exist is taken for a hub id (``locuslab/TOFU``) only when it is
+    not the default and does not start in a local directory: the default
+    ``runs/benchmark`` missing means ``generate-data`` has not been run yet.
+    """
+    source = cfg.data.benchmark
+    path = Path(source)
+    if not path.exists() and (source == DataConfig.benchmark or path.parent.is_dir()
+                              or not tofu.looks_like_hub_id(source)):
+        raise UserError(f"data.benchmark: no benchmark at {source}; run `jaxunlearn "
+                        f"generate-data --out {source}` first")
+    return source
 
 
 def ensure_benchmark(cfg) -> Path:

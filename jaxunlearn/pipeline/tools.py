@@ -3,16 +3,20 @@ prompt greedily, convert a model to a safetensors directory."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
-from jaxunlearn import storage
+import yaml
+
+from jaxunlearn import methods, storage
 from jaxunlearn.config import DataConfig
 from jaxunlearn.data import synthetic
 from jaxunlearn.data.batch import encode_prompt
 from jaxunlearn.eval.generate import generate_texts
 from jaxunlearn.models import load_pretrained, load_tokenizer, save_pretrained
 
-__all__ = ["generate_data", "generate_answer", "convert"]
+__all__ = ["generate_data", "generate_answer", "convert", "method_lines", "config_yaml"]
 
 
 def generate_data(out: Path, *, people: int | None, qa_per_person: int | None, seed: int,
@@ -53,3 +57,21 @@ def convert(source: Path, out: Path) -> Path:
     path = save_pretrained(model, config, out, tokenizer=tokenizer, field="--out")
     print(f"wrote {path}")
     return path
+
+
+def method_lines() -> list[str]:
+    """``jaxunlearn methods``: one line per registered method, from the registry:
+    ``name (kind): hyper-parameter=default ... | reference``."""
+    lines = []
+    for name in methods.method_names():
+        method = methods.get_method(name)
+        params = " ".join(f"{f.name}={getattr(method, f.name)}"
+                          for f in dataclasses.fields(method))
+        lines.append(f"{name} ({method.kind}): {params or '-'} | {method.reference}")
+    return lines
+
+
+def config_yaml(cfg) -> str:
+    """``--print-config``: the resolved run configuration as YAML (loadable by ``--config``)."""
+    plain = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as YAML reads them back
+    return yaml.safe_dump(plain, sort_keys=False, default_flow_style=False)

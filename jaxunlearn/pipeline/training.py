@@ -29,6 +29,7 @@ from jaxunlearn.pipeline.quality import QUALITY_FILE, format_quality, model_qual
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train import checkpoint as ckpt
 from jaxunlearn.train import step as step_lib
+from jaxunlearn.train import tracking
 from jaxunlearn.train.length_groups import choose_lengths, grouped_source
 from jaxunlearn.train.loop import batch_placer, run_loop
 from jaxunlearn.train.nll import nll_objective
@@ -106,6 +107,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     """
     if which not in ("target", "retain"):
         raise UserError(f"which must be 'target' or 'retain', got {which!r}")
+    tracking.require(cfg.train.tracker)  # a missing optional extra: one line, before any work
     bench_dir = ensure_benchmark(cfg)
     tokenizer = resolve_tokenizer(cfg, bench_dir)
     out, ckpt_dir = _paths(cfg, which, bench_dir, tokenizer)
@@ -156,11 +158,15 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
           f"batches of {rows} per epoch, {total} updates, {config.num_params():,} parameters",
           file=sys.stderr)
     t0 = time.perf_counter()
-    result = run_loop(step_fn, state, source, total_steps=total, checkpoint_dir=ckpt_dir,
-                      checkpoint_every=t.checkpoint_every, resume=resume,
-                      fingerprint=out.name, model_config=dataclasses.asdict(config),
-                      place_batch=batch_placer(mesh, t.grad_accum), progress=progress,
-                      desc=which)
+    # train.log_every: history records to <output_dir>/logs/<model dir name>/metrics.jsonl
+    log_dir = validate.inside(cfg.output_dir, "logs", out.name, field="output_dir")
+    with tracking.Tracker(log_dir, kind=t.tracker, name=out.name, config=cfg.to_dict(),
+                          fresh=not resume) as tracker:
+        result = run_loop(step_fn, state, source, total_steps=total, checkpoint_dir=ckpt_dir,
+                          checkpoint_every=t.checkpoint_every, resume=resume,
+                          fingerprint=out.name, model_config=dataclasses.asdict(config),
+                          place_batch=batch_placer(mesh, t.grad_accum), progress=progress,
+                          desc=which, log=tracker.log, log_every=t.log_every)
     seconds = time.perf_counter() - t0
     model = nnx.merge(graphdef, result.state.params)
     save_pretrained(model, config, out, tokenizer=tokenizer, field="output_dir")

@@ -17,12 +17,16 @@ from jaxunlearn.data.forget_retain import prepare_data
 from jaxunlearn.errors import DataError, UserError
 from jaxunlearn.methods import runner
 from jaxunlearn.models import load_tokenizer, save_pretrained
-from jaxunlearn.pipeline.provision import build_model, provenance
+from jaxunlearn.eval import progress as progress_eval
+from jaxunlearn.models import load_pretrained
+from jaxunlearn.pipeline.progress import ProgressMonitor
+from jaxunlearn.pipeline.provision import build_model, provenance, require_benchmark
 from jaxunlearn.pipeline.training import model_dir
 from jaxunlearn.train import checkpoint as ckpt_lib
 from jaxunlearn.train import mesh as mesh_lib
+from jaxunlearn.train import tracking
 
-__all__ = ["target_path", "run_unlearning"]
+__all__ = ["target_path", "retain_reference_path", "run_unlearning"]
 
 
 def target_path(cfg) -> Path:
@@ -42,6 +46,45 @@ def target_path(cfg) -> Path:
     raise UserError("model.path: not given (the trained target model to unlearn)")
 
 
+def retain_reference_path(cfg) -> Path | None:
+    """The retain (gold) model forget quality is measured against during unlearning:
+    ``eval.retain_model``, else the one ``jaxunlearn train --which retain`` made for this
+    config when it exists, else None."""
+    if cfg.eval.retain_model:
+        path = Path(cfg.eval.retain_model)
+        if not (path / "config.json").is_file():
+            raise UserError(f"eval.retain_model: no model at {path}")
+        return path
+    if (Path(cfg.data.benchmark) / "manifest.json").is_file():
+        path = model_dir(cfg, "retain")
+        if (path / "config.json").is_file():
+            return path
+    return None
+
+
+def _monitor(cfg, method, model, config, tokenizer, forget, retain, best_dir, resume):
+    """The progress evaluation of ``train.eval_every`` (None when it is off)."""
+    if not cfg.train.eval_every:
+        return None
+    subset = progress_eval.ProgressSet.first(forget, retain)
+    ratios = None
+    reference = retain_reference_path(cfg) if subset.has_truth_ratio else None
+    if reference is not None:
+        retain_model, _ = load_pretrained(reference)
+        ratios = progress_eval.forget_truth_ratios(retain_model, tokenizer, subset,
+                                                   batch_size=cfg.eval.batch_size)
+        del retain_model
+    if cfg.train.keep_best == "forget_quality" and ratios is None:
+        raise UserError("train.keep_best=forget_quality: needs a retain model (eval.retain_model"
+                        " or `jaxunlearn train --which retain`) and forget records with "
+                        "paraphrased_answer / perturbed_answer")
+    return ProgressMonitor(model, config, tokenizer, subset, every=cfg.train.eval_every,
+                           batch_size=cfg.eval.batch_size,
+                           max_new_tokens=cfg.eval.max_new_tokens, retain_truth_ratios=ratios,
+                           keep_best=cfg.train.keep_best,
+                           best_dir=best_dir if cfg.train.keep_best else None, resume=resume)
+
+
 def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     """``jaxunlearn unlearn``: unlearn ``data.forget`` from the target with ``cfg.method``.
 
@@ -52,15 +95,27 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     ``reference_cache``: full-vocabulary or top-K reference distributions, with the tail
     mass when truncated);
     checkpoints to ``<output_dir>/checkpoints/unlearn-<name>-<fingerprint>``.
+
+    ``train.log_every``: history records to ``<output_dir>/logs/<name>/metrics.jsonl`` (and
+    TensorBoard / W&B with ``train.tracker``). ``train.eval_every``: the progress
+    evaluation (``pipeline.progress``) in the history; ``train.keep_best``: the model saved
+    is the best evaluated one, ``unlearn.json``'s ``best`` says which step.
     """
     method = methods.get_method(cfg.method)
+    tracking.require(cfg.train.tracker)
+    if cfg.train.eval_every and isinstance(method, methods.ProcedureMethod):
+        raise UserError(f"train.eval_every: {method.name} is not a gradient loop to evaluate "
+                        "during (set train.eval_every=0)")
     # safety: both resolve inside output_dir; a foreign directory at `out` is refused now
     out = storage.check_dir_target(validate.inside(cfg.output_dir, method.name,
                                                    field="output_dir"), "output_dir")
     fingerprint = cfg.fingerprint("model", "data", "train", "method", "seed")
     ckpt_dir = validate.inside(cfg.output_dir, "checkpoints",
                                f"unlearn-{method.name}-{fingerprint}", field="output_dir")
-    bench = cfg.data.benchmark
+    best_dir = validate.inside(cfg.output_dir, "checkpoints", f"best-{method.name}-{fingerprint}",
+                               field="output_dir")
+    log_dir = validate.inside(cfg.output_dir, "logs", method.name, field="output_dir")
+    bench = require_benchmark(cfg)
     forget = tofu.load_split(bench, cfg.data.forget)
     retain = tofu.load_split(bench, cfg.data.retain_split)
     tofu.check_disjoint(forget, retain, names=(cfg.data.forget, cfg.data.retain_split))
@@ -77,6 +132,7 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     validate.check_context([e.length for v in prepared.forget.values() for e in v]
                            + [e.length for e in prepared.retain], config,
                            what=f"{cfg.data.forget}/{cfg.data.retain_split} sequences")
+    monitor = _monitor(cfg, method, model, config, tokenizer, forget, retain, best_dir, resume)
 
     if not resume and ckpt_lib.remove_checkpoints(ckpt_dir):
         print(f"starting over: removed the checkpoints of an earlier run in {ckpt_dir} "
@@ -90,21 +146,37 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
             never_seen = tofu.load_split(bench, "holdout")
         except DataError:
             never_seen = ()
-    result = runner.unlearn_model(model, tokenizer, forget, retain, method, cfg.train, mesh=mesh,
-                           never_seen_records=never_seen,
-                           seed=cfg.seed, max_len=cfg.data.max_len, truncate=cfg.data.truncate,
-                           checkpoint_dir=ckpt_dir, resume=resume, fingerprint=fingerprint,
-                           progress=progress)
+    with tracking.Tracker(log_dir, kind=cfg.train.tracker, name=f"unlearn-{method.name}",
+                          config=cfg.to_dict(), fresh=not resume) as tracker:
+        result = runner.unlearn_model(
+            model, tokenizer, forget, retain, method, cfg.train, mesh=mesh,
+            never_seen_records=never_seen, seed=cfg.seed, max_len=cfg.data.max_len,
+            truncate=cfg.data.truncate, checkpoint_dir=ckpt_dir, resume=resume,
+            fingerprint=fingerprint, progress=progress,
+            hooks=(monitor.hook(),) if monitor else (), log=tracker.log,
+            log_every=cfg.train.log_every)
     seconds = time.perf_counter() - t0
+    unlearned, best = result.model, None
+    if monitor is not None and monitor.best is not None:
+        best = dict(monitor.best)
+        last_step = result.history[-1]["step"] if result.history else 0
+        if best["step"] != last_step:  # the last update is not the best one: load that
+            unlearned = monitor.best_model()
     # safety: unlearn.json is committed with the model, in one rename
-    save_pretrained(result.model, config, out, tokenizer=tokenizer, field="output_dir",
+    save_pretrained(unlearned, config, out, tokenizer=tokenizer, field="output_dir",
                     extra_json={"unlearn.json": {
                         "method": method.to_dict(), "target": str(path),
                         "forget": cfg.data.forget, "retain": cfg.data.retain_split,
                         "seconds": round(seconds, 2), "updates": len(result.history),
-                        "history": result.history, **result.info,
+                        "history": result.history, **result.info, "best": best,
+                        "metrics_log": str(log_dir / tracking.METRICS_FILE),
                         **provenance(cfg, mesh)}})
     ckpt_lib.remove_checkpoints(ckpt_dir)
+    if monitor is not None:
+        monitor.clear()
+    if best is not None:
+        print(f"keeping the model of update {best['step']} (best {best['metric']} "
+              f"{best['value']:.4g})", file=sys.stderr)
     last = result.history[-1] if result.history else {}
     print(f"{method.name}: {len(result.history)} updates in {seconds:.1f}s; forget prob "
           f"{last.get('forget_prob', float('nan')):.4f}, retain prob "

@@ -7,6 +7,8 @@ for ``total_steps`` updates, and
   * shows a tqdm progress bar with the loss and the step's metrics;
   * calls :class:`Hook` s every ``k`` steps (evaluation, logging) and records what
     they return in the history;
+  * hands history records to ``log`` (a :class:`jaxunlearn.train.tracking.Tracker`'s)
+    every ``log_every`` updates, after every hook call and after the last update;
   * writes an atomic checkpoint (:mod:`jaxunlearn.train.checkpoint`) every
     ``checkpoint_every`` steps, at the end, on SIGINT/SIGTERM (after finishing the
     step in flight, :mod:`jaxunlearn.interrupts`; then :class:`Interrupted` is raised,
@@ -159,7 +161,9 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
              keep: int = 2, resume: bool = False, fingerprint: str = "",
              model_config: Mapping[str, Any] | None = None,
              place_batch: Callable[[Any], Any] | None = None, hooks: Sequence[Hook] = (),
-             progress: bool = True, desc: str = "train") -> LoopResult:
+             progress: bool = True, desc: str = "train",
+             log: Callable[[Mapping[str, float]], None] | None = None,
+             log_every: int = 0) -> LoopResult:
     """Runs ``step_fn`` until ``total_steps`` updates are done.
 
     Args:
@@ -171,6 +175,8 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
       source: the data; update ``s`` (0-based) trains on ``source.position(s)``.
       checkpoint_dir: where checkpoints go; None disables them (then nothing can resume
         and interruption saves nothing).
+      log, log_every: ``log(record)`` after every ``log_every``-th update (0: only after
+        updates a hook ran at, and the last), e.g. ``Tracker.log``.
       checkpoint_every: also checkpoint after every ``k``-th update (0: only at the end,
         on interruption and on a non-finite step).
       keep: checkpoints kept on disk.
@@ -187,6 +193,8 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
     """
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0:
         raise ValueError(f"total_steps must be an integer >= 0, got {total_steps!r}")
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 0:
+        raise ValueError(f"log_every must be an integer >= 0, got {log_every!r}")
     if checkpoint_every < 0:
         raise CheckpointError(f"train.checkpoint_every must be >= 0, got {checkpoint_every}")
     place_batch = place_batch or jax.device_put
@@ -245,11 +253,16 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
                 step += 1
                 record = {"step": step, "epoch": epoch, "index": index,
                           **{k: v for k, v in m.items() if k != "finite"}}
+                ran_hook = False
                 for hook in hooks:
                     if step % hook.every == 0 or (hook.at_end and step == total_steps):
+                        ran_hook = True
                         out = hook.fn(step, state) or {}
                         record.update({f"{hook.name}/{k}": float(v) for k, v in out.items()})
                 history.append(record)
+                if log is not None and ((log_every and step % log_every == 0) or ran_hook
+                                        or step == total_steps):
+                    log(record)
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
                                  if k not in ("step", "epoch", "index")}, refresh=False)
