@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxunlearn.data.batch import Encoded, encode_candidates, encode_prompt, encode_qa, \
     encode_text
-from jaxunlearn.data.schema import CANARY_SPLITS, WORLD_FACTS
+from jaxunlearn.data.schema import CANARY_SPLITS, OPTION_SPLITS
 from jaxunlearn.data.synthetic import CANARY_FORMATS, sample_secret, secret_space_size
 from jaxunlearn.errors import DataError
 from jaxunlearn.eval import metrics
@@ -61,13 +61,14 @@ def plan_qa(split: str, records: list[dict], tokenizer, seqs: SequenceList) -> Q
         pert = need(rec, "perturbed_answer", split, i, "the truth ratio")
         prompts.append(encode_prompt(tokenizer, q))
         answers.append(encode_qa(tokenizer, q, a))
-        # World facts have no paraphrase in TOFU: their truth ratio uses the answer.
-        if split != WORLD_FACTS:
+        # World facts and real authors have no paraphrase in TOFU: their truth ratio uses
+        # the answer itself.
+        if split not in OPTION_SPLITS:
             paras.append(encode_qa(tokenizer, q, need(rec, "paraphrased_answer", split, i,
                                                        "the truth ratio")))
         perts.append(encode_candidates(tokenizer, q, pert))
     answer = seqs.add(answers)
-    para = answer if split == WORLD_FACTS else seqs.add(paras)
+    para = answer if split in OPTION_SPLITS else seqs.add(paras)
     return QAPlan(split, records, prompts, answer, para, [seqs.add(p) for p in perts])
 
 
@@ -83,8 +84,8 @@ def qa_numbers(plan: QAPlan, scores: SequenceScores, generations: list[str]) -> 
     rouge = np.asarray([metrics.rouge_l_recall(g, r["answer"])
                         for g, r in zip(generations, plan.records)])
     out = {"prob": prob, "truth_ratio": ratio, "rouge": rouge}
-    if plan.split == WORLD_FACTS:
-        # TOFU's world-facts probability is normalised over the answer options.
+    if plan.split in OPTION_SPLITS:
+        # TOFU's world-facts / real-authors probability is normalised over the options.
         out["norm_prob"] = np.asarray([
             metrics.normalized_probability(np.asarray([t]), p[None])[0]
             for t, p in zip(ans.mean_logprob, pert)])

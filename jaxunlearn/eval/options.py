@@ -14,8 +14,9 @@ __all__ = ["GROUPS", "QA_SPLITS", "CANARY_SPLITS", "SuiteConfig"]
 # (``eval.groups`` holds one module per group); "tofu" is always computed since every
 # eval.json entry needs forget_quality and model_utility.
 GROUPS = ("tofu", "mia", "canaries", "extraction", "knowledge")
-# The QA roles an evaluation reads: the forget and retain splits, holdout people, world facts.
-QA_SPLITS = ("forget", "retain", "holdout", "world_facts")
+# The QA roles an evaluation reads: the forget and retain splits, holdout people, world
+# facts and (TOFU) real authors.
+QA_SPLITS = ("forget", "retain", "holdout", "world_facts", "real_authors")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
