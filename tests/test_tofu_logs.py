@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from jaxunlearn import cli
 from jaxunlearn.errors import DataError
 from jaxunlearn.eval.groups.tofu import tofu_result
 from jaxunlearn.eval.results import ModelResult
@@ -206,3 +207,30 @@ def test_bad_open_unlearning_log_and_unknown_file(tmp_path):
         read_tofu_logs(tmp_path / "other.json")
     with pytest.raises(DataError, match="no such log file"):
         read_tofu_logs(tmp_path / "absent.json")
+
+
+def test_cli_eval_from_logs_writes_eval_json(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    full, retain = _tofu_log(rng, shift=0.0), _tofu_log(rng, shift=1.0)
+    (tmp_path / "full.json").write_text(json.dumps(full))
+    (tmp_path / "retain.json").write_text(json.dumps(retain))
+    out = tmp_path / "out"
+    code = cli.main(["eval", "--logs", f"full={tmp_path / 'full.json'}", "--retain-logs",
+                     str(tmp_path / "retain.json"), f"output_dir={out}"])
+    assert code == 0, capsys.readouterr().err
+    models = json.loads((out / "eval.json").read_text())["models"]
+    assert set(models) == {"retain", "full"}
+    fq = stats.ks_2samp(_forget_ratio(full), _forget_ratio(retain)).pvalue
+    assert models["full"]["forget_quality"] == pytest.approx(fq, rel=1e-12)
+    assert models["full"]["model_utility"] == pytest.approx(_reference(full)["mu"], abs=1e-12)
+    assert models["retain"]["forget_quality"] == 1.0
+    assert models["full"]["real_authors_prob"] == pytest.approx(_reference(full)["ra"][0])
+    assert (out / "report.md").is_file()
+    # A bad log file: one line naming the file and field, exit 2, nothing written.
+    del full["eval_log.json"]["rougeL_recall"]
+    (tmp_path / "bad.json").write_text(json.dumps(full))
+    code = cli.main(["eval", "--logs", f"bad={tmp_path / 'bad.json'}",
+                     f"output_dir={tmp_path / 'out2'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.json" in err and "rougeL_recall" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out2" / "eval.json").exists()

@@ -38,14 +38,15 @@ class Evaluation:
     Args:
       cfg: the run's ``RunConfig`` (its ``eval`` section, and what ``eval.json`` records).
       benchmark: a benchmark directory, a ``synthetic.Benchmark`` or a split mapping
-        (``eval.inputs.benchmark_splits``), read and checked here, before any model.
+        (``eval.inputs.benchmark_splits``), read and checked here, before any model;
+        None when every result comes from logs (:meth:`add_logged`).
       options: what to compute (default: ``SuiteConfig.from_run_config(cfg)``).
     """
 
     def __init__(self, cfg, benchmark, options: SuiteConfig | None = None):
         self.cfg = cfg
         self.options = options or SuiteConfig.from_run_config(cfg)
-        self.data = benchmark_splits(benchmark, self.options)
+        self.data = None if benchmark is None else benchmark_splits(benchmark, self.options)
         self.results: dict[str, ModelResult] = {}
         self.seconds: dict[str, float] = {}
         self._reference: ModelResult | None = None
@@ -66,12 +67,27 @@ class Evaluation:
         self._reference = self._finish("retain", model, tokenizer, own, None, start)
         return self._reference
 
+    def add_logged(self, name: str, result: ModelResult, *, reference: bool = False) -> ModelResult:
+        """Adds a result read from published logs (``eval.tofu_logs``); with
+        ``reference=True`` it is the retain model's, the reference of models added later."""
+        if name in self.results:
+            raise ValueError(f"Evaluation.add_logged: model name {name!r} is taken")
+        if reference:
+            if self.results:
+                raise ValueError("Evaluation.add_logged: the retain reference must come first")
+            self._reference = result
+        self.results[name] = result
+        self.seconds[name] = 0.0
+        return result
+
     def add(self, name: str, model, tokenizer, *,
             unlearn: Mapping[str, Any] | None = None) -> ModelResult:
         """Evaluates ``model`` against the retain model (when added) under ``name``;
         ``unlearn``: how it was made (method, schedule, loss curve), kept in its entry."""
         if name in self.results or name == "retain":
             raise ValueError(f"Evaluation.add: model name {name!r} is taken")
+        if self.data is None:
+            raise ValueError("Evaluation.add: no benchmark was given")
         start = time.perf_counter()
         result = suite.evaluate_data(model, tokenizer, self.data, self.options,
                                      reference=self._reference)
