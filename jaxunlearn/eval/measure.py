@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxunlearn.data.batch import Encoded, encode_candidates, encode_prompt, encode_qa, \
     encode_text
-from jaxunlearn.data.schema import CANARY_SPLITS, OPTION_SPLITS
+from jaxunlearn.data.schema import CANARY_SPLITS, HOLDOUT, OPTION_SPLITS
 from jaxunlearn.data.synthetic import CANARY_FORMATS, sample_secret, secret_space_size
 from jaxunlearn.errors import DataError
 from jaxunlearn.eval import metrics
@@ -50,10 +50,22 @@ class QAPlan:
     answer: np.ndarray           # [N] indices
     para: np.ndarray             # [N] indices
     pert: list[np.ndarray]       # N arrays of K_i indices
+    mia_only: bool = False       # answers scored for MIA only (TOFU's holdout<NN>)
 
 
 def plan_qa(split: str, records: list[dict], tokenizer, seqs: SequenceList) -> QAPlan:
-    """Adds one QA split's answers, paraphrased answers and perturbed answers to ``seqs``."""
+    """Adds one QA split's answers, paraphrased answers and perturbed answers to ``seqs``.
+
+    TOFU's ``holdout<NN>`` configs hold question and answer only: open-unlearning uses
+    them for membership inference alone, so a holdout without ``perturbed_answer``
+    anywhere is planned as answers only (no truth ratio, no generation).
+    """
+    if split == HOLDOUT and not any("perturbed_answer" in r for r in records):
+        answers = [encode_qa(tokenizer, need(r, "question", split, i, "the prompt"),
+                             need(r, "answer", split, i, "membership inference"))
+                   for i, r in enumerate(records)]
+        index = seqs.add(answers)
+        return QAPlan(split, records, [], index, index, [], mia_only=True)
     prompts, answers, paras, perts = [], [], [], []
     for i, rec in enumerate(records):
         q = need(rec, "question", split, i, "the prompt")
@@ -73,9 +85,12 @@ def plan_qa(split: str, records: list[dict], tokenizer, seqs: SequenceList) -> Q
 
 
 def qa_numbers(plan: QAPlan, scores: SequenceScores, generations: list[str]) -> dict:
-    """Per-record arrays of one split: probability, truth ratio, ROUGE-L recall."""
+    """Per-record arrays of one split: probability, truth ratio, ROUGE-L recall (only the
+    probability for a MIA-only split)."""
     ans = scores.take(plan.answer)
     prob = metrics.answer_probability(ans.seq_logprob, ans.num_tokens)
+    if plan.mia_only:
+        return {"prob": prob}
     para = scores.mean_logprob[plan.para]
     # Mean over each record's own K perturbations (K may differ between records), so
     # truth_ratio sees [N, 1]: exp(mean_k pert_k - para).
@@ -206,8 +221,8 @@ def measure(model, tokenizer, qa: Mapping[str, list[dict]], canaries: list[dict]
                           batch_size=options.batch_size)
     generations, generated_ids, start = {}, {}, 0
     for split, plan in plans.items():
-        part = ids[start:start + len(plan.records)]
-        start += len(plan.records)
+        part = ids[start:start + len(plan.prompts)]
+        start += len(plan.prompts)
         generated_ids[split] = part
         generations[split] = [tokenizer.decode(g, skip_special_tokens=True) for g in part]
     numbers = {split: qa_numbers(plan, scores, generations[split])

@@ -98,6 +98,10 @@ class TofuResult:
     # open-unlearning's extraction strength of the forget answers (Carlini et al. 2021's
     # ES as open-unlearning computes it); None when not measured.
     extraction_strength: Number = None
+    # Per QA role, the per-question numbers and texts open-unlearning's TOFU_EVAL.json
+    # holds (``eval.tofu_logs.tofu_eval_document``); not part of eval.json.
+    per_record: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> dict:
         out = {f"{split}_{kind}": getattr(s, kind)

@@ -12,7 +12,8 @@ Every command that evaluates (``demo``, ``eval``, ``run``) goes through
   the retain model included: it never saw the forget people, so its "after" numbers are
   the control, what the attack alone teaches a model that never knew them;
 * ``eval.json`` = ``{"config", "env", "models"}`` (plus ``timings`` when the command
-  measured them), written atomically, then ``report.md`` and the figures beside it.
+  measured them), written atomically, then ``report.md`` and the figures beside it, and
+  open-unlearning's ``TOFU/<name>/TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` per model.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jaxunlearn import report
+from jaxunlearn import report, storage
 from jaxunlearn.eval import attacks, suite
 from jaxunlearn.eval.inputs import benchmark_splits
 from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.eval.results import ForgetScores, ModelResult
+from jaxunlearn.eval.tofu_logs import TOFU_EVAL, TOFU_SUMMARY, tofu_eval_document, tofu_summary
 
 __all__ = ["Evaluation"]
 
@@ -120,4 +122,19 @@ class Evaluation:
         (``report.write_outputs``: all of them or none); returns the path of ``report.md``."""
         out = Path(out_dir)
         document = self.to_json(mesh=mesh, config=config, timings=timings)
-        return report.write_outputs(document, out)
+        path = report.write_outputs(document, out)
+        self.write_open_unlearning(out)
+        return path
+
+    def write_open_unlearning(self, out_dir: str | Path) -> None:
+        """Per model, open-unlearning's files: ``<out_dir>/TOFU/<name>/TOFU_SUMMARY.json``
+        and, for a measured model, ``TOFU_EVAL.json`` with every question (which its
+        scripts and ``eval --retain-logs <out_dir>/TOFU/retain`` read)."""
+        for name, result in self.results.items():
+            folder = Path(out_dir) / "TOFU" / name
+            with storage.staged_files(folder, "tofu") as tmp:
+                storage.write_json(tmp / TOFU_SUMMARY, tofu_summary(result), indent=4)
+                if result.tofu.per_record:
+                    storage.write_json(tmp / TOFU_EVAL,
+                                       tofu_eval_document(result, result.tofu.per_record),
+                                       indent=4)

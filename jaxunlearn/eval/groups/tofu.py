@@ -48,6 +48,8 @@ def scores_of(qa: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, SplitScore
     """
     scores, dist = {}, {}
     for split, nums in qa.items():
+        if "truth_ratio" not in nums:  # membership inference only (TOFU's holdout<NN>)
+            continue
         prob = nums["norm_prob"] if split in OPTION_SPLITS else nums["prob"]
         agg = (metrics.truth_ratio_forget_score if split in ("forget", HOLDOUT)
                else metrics.truth_ratio_retain_score)
@@ -73,7 +75,8 @@ def forget_quality_against(forget_truth_ratios, retain_truth_ratios) -> float | 
 
 def tofu_result(qa: Mapping[str, Mapping[str, Any]], *, retain_truth_ratios=None,
                 samples: tuple[Sample, ...] = (), records: Mapping[str, int] | None = None,
-                extraction_strength: float | None = None) -> TofuResult:
+                extraction_strength: float | None = None,
+                per_record: Mapping[str, Mapping[str, Any]] | None = None) -> TofuResult:
     """TOFU's numbers from per-record arrays (:func:`scores_of`): the split means, forget
     quality against ``retain_truth_ratios`` (None without) and model utility."""
     scores, dist = scores_of(qa)
@@ -85,9 +88,19 @@ def tofu_result(qa: Mapping[str, Mapping[str, Any]], *, retain_truth_ratios=None
         forget_quality=forget_quality_against(qa["forget"]["truth_ratio"], retain_truth_ratios),
         model_utility=metrics.model_utility({k: flat[k] for k in mu_keys}),
         model_utility_keys=mu_keys, samples=samples,
-        records=dict(records) if records is not None else {s: len(v["truth_ratio"])
+        records=dict(records) if records is not None else {s: len(v["prob"])
                                                             for s, v in qa.items()},
-        extraction_strength=extraction_strength)
+        extraction_strength=extraction_strength, per_record=dict(per_record or {}))
+
+
+def _per_record(m: Measurement) -> dict[str, dict[str, Any]]:
+    """What TOFU_EVAL.json keeps per question: the numbers, ``avg_loss = -log prob``,
+    the question, its answer and the model's greedy answer."""
+    return {split: {**nums, "avg_loss": -np.log(nums["prob"]),
+                    "input": [r["question"] for r in m.plans[split].records],
+                    "ground_truth": [r["answer"] for r in m.plans[split].records],
+                    "generation": list(m.generations[split])}
+            for split, nums in m.qa.items() if "truth_ratio" in nums}
 
 
 def compute(inputs: GroupInputs, done: Mapping[str, Any]) -> TofuResult:
@@ -97,7 +110,8 @@ def compute(inputs: GroupInputs, done: Mapping[str, Any]) -> TofuResult:
         m.qa, retain_truth_ratios=inputs.retain_truth_ratios,
         samples=tuple(Sample(question=r["question"], answer=r["answer"], generation=g)
                       for r, g in zip(plan.records[:3], m.generations["forget"][:3])),
-        records={split: len(p.records) for split, p in m.plans.items()})
+        records={split: len(p.records) for split, p in m.plans.items()},
+        per_record=_per_record(m))
 
 
 GROUP = MetricGroup(name="tofu", compute=compute)
