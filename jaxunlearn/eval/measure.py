@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jaxunlearn.data.batch import Encoded, encode_candidates, encode_prompt, encode_qa, \
-    encode_text
+from jaxunlearn.data.batch import DEFAULT_CHAT, ChatStyle, Encoded, encode_candidates, \
+    encode_prompt, encode_qa, encode_text
 from jaxunlearn.data.schema import CANARY_SPLITS, HOLDOUT, OPTION_SPLITS
 from jaxunlearn.data.synthetic import CANARY_FORMATS, sample_secret, secret_space_size
 from jaxunlearn.errors import DataError
@@ -53,7 +53,8 @@ class QAPlan:
     mia_only: bool = False       # answers scored for MIA only (TOFU's holdout<NN>)
 
 
-def plan_qa(split: str, records: list[dict], tokenizer, seqs: SequenceList) -> QAPlan:
+def plan_qa(split: str, records: list[dict], tokenizer, seqs: SequenceList, *,
+            chat: ChatStyle = DEFAULT_CHAT) -> QAPlan:
     """Adds one QA split's answers, paraphrased answers and perturbed answers to ``seqs``.
 
     TOFU's ``holdout<NN>`` configs hold question and answer only: open-unlearning uses
@@ -62,7 +63,7 @@ def plan_qa(split: str, records: list[dict], tokenizer, seqs: SequenceList) -> Q
     """
     if split == HOLDOUT and not any("perturbed_answer" in r for r in records):
         answers = [encode_qa(tokenizer, need(r, "question", split, i, "the prompt"),
-                             need(r, "answer", split, i, "membership inference"))
+                             need(r, "answer", split, i, "membership inference"), chat=chat)
                    for i, r in enumerate(records)]
         index = seqs.add(answers)
         return QAPlan(split, records, [], index, index, [], mia_only=True)
@@ -71,14 +72,14 @@ def plan_qa(split: str, records: list[dict], tokenizer, seqs: SequenceList) -> Q
         q = need(rec, "question", split, i, "the prompt")
         a = need(rec, "answer", split, i, "probability and ROUGE")
         pert = need(rec, "perturbed_answer", split, i, "the truth ratio")
-        prompts.append(encode_prompt(tokenizer, q))
-        answers.append(encode_qa(tokenizer, q, a))
+        prompts.append(encode_prompt(tokenizer, q, chat=chat))
+        answers.append(encode_qa(tokenizer, q, a, chat=chat))
         # World facts and real authors have no paraphrase in TOFU: their truth ratio uses
         # the answer itself.
         if split not in OPTION_SPLITS:
             paras.append(encode_qa(tokenizer, q, need(rec, "paraphrased_answer", split, i,
-                                                       "the truth ratio")))
-        perts.append(encode_candidates(tokenizer, q, pert))
+                                                       "the truth ratio"), chat=chat))
+        perts.append(encode_candidates(tokenizer, q, pert, chat=chat))
     answer = seqs.add(answers)
     para = answer if split in OPTION_SPLITS else seqs.add(paras)
     return QAPlan(split, records, prompts, answer, para, [seqs.add(p) for p in perts])
@@ -210,7 +211,8 @@ def measure(model, tokenizer, qa: Mapping[str, list[dict]], canaries: list[dict]
         ``options.exposure_splits`` (the ranks exposure needs).
     """
     seqs = SequenceList()
-    plans = {split: plan_qa(split, records, tokenizer, seqs) for split, records in qa.items()}
+    plans = {split: plan_qa(split, records, tokenizer, seqs, chat=options.chat)
+             for split, records in qa.items()}
     cplan = (plan_canaries(canaries, tokenizer, seqs, options, exposure=exposure)
              if canaries else None)
     scores = score_sequences(model, seqs.encoded, pad_id=pad_id(tokenizer),

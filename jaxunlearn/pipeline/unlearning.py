@@ -13,6 +13,7 @@ from pathlib import Path
 
 from jaxunlearn import methods, storage, validate
 from jaxunlearn.data import tofu
+from jaxunlearn.data.schema import holdout_split_of
 from jaxunlearn.data.forget_retain import prepare_data
 from jaxunlearn.errors import DataError, UserError
 from jaxunlearn.methods import runner
@@ -68,7 +69,8 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     tokenizer = load_tokenizer(cfg.data.tokenizer or path)
     prepared = prepare_data(tokenizer, forget, retain, views=getattr(method, "forget_views",
                                                                      ("answer",)),
-                            max_len=cfg.data.max_len, truncate=cfg.data.truncate)
+                            max_len=cfg.data.max_len, truncate=cfg.data.truncate,
+                            chat=cfg.data.chat)
     model, config = build_model(dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, path=str(path))), tokenizer)
     method.check_model(config)
@@ -84,10 +86,14 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     t0 = time.perf_counter()
     never_seen = ()
     if isinstance(method, methods.ProcedureMethod):
-        try:  # the holdout people: never trained on, same kind of records as the forget set
-            never_seen = tofu.load_split(bench, "holdout")
-        except DataError:
-            never_seen = ()
+        # the holdout people: never trained on, same kind of records as the forget set
+        # (TOFU's holdout<NN> beside forget<NN>, else our benchmark's holdout)
+        for name in (holdout_split_of(cfg.data.forget), "holdout"):
+            try:
+                never_seen = tofu.load_split(bench, name)
+                break
+            except DataError:
+                never_seen = ()
     result = runner.unlearn_model(model, tokenizer, forget, retain, method, cfg.train, mesh=mesh,
                            never_seen_records=never_seen,
                            seed=cfg.seed, max_len=cfg.data.max_len, truncate=cfg.data.truncate,
