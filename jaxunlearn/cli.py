@@ -30,8 +30,9 @@ def _use_compilation_cache() -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
-# Before jax and huggingface_hub are imported (below): both read these once, at import.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Before jax is imported (below): it reads these once, at import. HF_HUB_OFFLINE and the
+# Hugging Face cache are the user's: hub ids (data.benchmark=locuslab/TOFU, model.path=
+# owner/name) are fetched when the hub is reachable and fail in one line when not.
 _use_compilation_cache()
 
 import jax  # noqa: E402

@@ -12,6 +12,7 @@ from jaxunlearn.errors import UserError
 from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.eval.tofu_logs import TofuLogs, logs_result, read_tofu_logs
 from jaxunlearn.models import load_pretrained, load_tokenizer
+from jaxunlearn.models.io import is_hub_id, resolve_model_path
 from jaxunlearn.pipeline.evaluation import Evaluation
 from jaxunlearn.train.mesh import from_config
 
@@ -33,7 +34,7 @@ def parse_model_args(model_args: Sequence[str], flag: str = "--model") -> list[t
         name = name or (path.stem if path.suffix == ".gguf" else path.name)
         if not name.strip() or any(c.isspace() for c in name):
             raise UserError(f"{flag} {arg!r}: model name {name!r} must be a non-empty word")
-        if not path.exists():
+        if not path.exists() and not (flag == "--model" and is_hub_id(path)):
             raise UserError(f"{flag} {arg!r}: {path} does not exist")
         if name in (n for n, _ in out):
             raise UserError(f"{flag} {arg!r}: model name {name!r} is used twice")
@@ -96,8 +97,9 @@ def main_eval(cfg, model_args: Sequence[str], retain_model_path, *,
     elif reference is None:
         print("jaxunlearn eval: no --retain-model or --retain-logs, so forget_quality and "
               "privleak are null", file=sys.stderr)
-    sources = {name: _tokenizer_source(cfg, path) for name, path in models}
     evaluation = Evaluation(cfg, cfg.data.benchmark if models else None, options)
+    models = [(name, resolve_model_path(path)) for name, path in models]  # hub ids: snapshots
+    sources = {name: _tokenizer_source(cfg, path) for name, path in models}
     if reference is not None:
         _print("retain", evaluation.add_logged("retain", logs_result(reference, reference),
                                                reference=True), 0.0)

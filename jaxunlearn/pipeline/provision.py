@@ -22,6 +22,7 @@ from jaxunlearn.data import synthetic, tofu
 from jaxunlearn.data import tokenizer as tok_lib
 from jaxunlearn.errors import UserError
 from jaxunlearn.models import Llama, load_pretrained, load_tokenizer
+from jaxunlearn.models.io import resolve_model_path
 from jaxunlearn.models.presets import get_preset, smollm2_gguf_path
 from jaxunlearn.report import env_info
 from jaxunlearn.train import budget
@@ -92,7 +93,7 @@ def model_path(cfg) -> Path | None:
         return None
     if cfg.model.path == "smollm2-135m":
         return Path(smollm2_gguf_path())
-    return Path(cfg.model.path)
+    return resolve_model_path(cfg.model.path)  # a hub id: its local snapshot
 
 
 def resolve_tokenizer(cfg, benchmark: Path):

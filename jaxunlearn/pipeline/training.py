@@ -112,7 +112,8 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     out, ckpt_dir = _paths(cfg, which, bench_dir, tokenizer)
     bench = synthetic.read_benchmark(bench_dir)
     quality_kw = dict(forget_split=cfg.data.forget, retain_split=cfg.data.retain_split,
-                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+                      chat=cfg.data.chat)
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         print(f"reusing the {which} model in {out}", file=sys.stderr)
         if not (out / QUALITY_FILE).is_file():

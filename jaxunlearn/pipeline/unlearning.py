@@ -18,6 +18,7 @@ from jaxunlearn.data.forget_retain import prepare_data
 from jaxunlearn.errors import DataError, UserError
 from jaxunlearn.methods import runner
 from jaxunlearn.models import load_tokenizer, save_pretrained
+from jaxunlearn.models.io import is_hub_id, resolve_model_path
 from jaxunlearn.pipeline.provision import build_model, provenance
 from jaxunlearn.pipeline.training import model_dir
 from jaxunlearn.train import checkpoint as ckpt_lib
@@ -29,6 +30,8 @@ __all__ = ["target_path", "run_unlearning"]
 def target_path(cfg) -> Path:
     """``model.path``, else the target ``jaxunlearn train`` made for this config."""
     if cfg.model.path:
+        if is_hub_id(cfg.model.path):
+            return resolve_model_path(cfg.model.path)  # its snapshot, or one line why not
         path = Path(cfg.model.path)
         if not path.exists():
             raise UserError(f"model.path: {path} does not exist")
