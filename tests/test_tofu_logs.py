@@ -202,6 +202,15 @@ def test_bad_open_unlearning_log_and_unknown_file(tmp_path):
     (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(doc))
     with pytest.raises(DataError, match="field 'wf_Q_A_ROUGE': missing"):
         read_tofu_logs(tmp_path / "TOFU_EVAL.json")
+    for name in ("ra_Q_A_Prob", "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE", "ra_Truth_Ratio"):
+        doc.pop(name)
+    doc["wf_Q_A_ROUGE"] = doc["wf_Q_A_Prob"]  # a role present in part: its field is named
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"wf_Q_A_ROUGE.value_by_index.0.rougeL_recall'?: missing"):
+        read_tofu_logs(tmp_path / "TOFU_EVAL.json")
+    del doc["wf_Q_A_ROUGE"], doc["wf_Q_A_Prob"], doc["wf_Q_A_Prob_normalised"], doc["wf_Truth_Ratio"]
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(doc))
+    assert set(read_tofu_logs(tmp_path / "TOFU_EVAL.json").qa) == {"forget", "retain"}
     (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(DataError, match="neither open-unlearning"):
         read_tofu_logs(tmp_path / "other.json")

@@ -6,12 +6,9 @@ components listed in TOFU_SUMMARY.json; MIA / privleak against holdout10."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import datasets
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from _tofu_layout import PUBLISHED, write_jsonl, write_tofu_layout
 from scipy import stats
 
 from jaxunlearn.config import load_config
@@ -22,44 +19,9 @@ from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.eval.tofu_logs import read_tofu_logs
 from jaxunlearn.pipeline.evaluation import Evaluation
 
-PUBLISHED = Path(__file__).parent / "data" / "tofu"
-QA = ("question", "answer")
-PERTURBED = ("question", "answer", "paraphrased_answer", "paraphrased_question",
-             "perturbed_answer")
 NINE = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised",
         "ra_Q_A_ROUGE", "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE",
         "wf_Truth_Ratio")
-
-
-def _rows(records, keys):
-    out = []
-    for r in records:
-        row = {k: r[k] for k in keys if k in r}
-        if "paraphrased_question" in keys:
-            row.setdefault("paraphrased_question", "Tell me: " + r["question"])
-        out.append(row)
-    return out
-
-
-def _jsonl(path: Path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
-def write_tofu_layout(root: Path, bench) -> Path:
-    """TOFU's configs from the synthetic people, in the forms people keep them."""
-    root.mkdir()
-    forget, retain, holdout = (bench.splits[s] for s in ("forget10", "retain90", "holdout"))
-    (root / "forget10.json").write_text(json.dumps(_rows(forget, QA)))  # a JSON array
-    _jsonl(root / "forget10_perturbed.json", _rows(forget, PERTURBED))
-    pq.write_table(pa.Table.from_pylist(_rows(retain, QA)), root / "retain90.parquet")
-    _jsonl(root / "retain_perturbed.json", _rows(retain[:6], PERTURBED))
-    _jsonl(root / "full.json", _rows([*forget, *retain], QA))
-    # holdout10 as `load_dataset(...)` then `save_to_disk`: a DatasetDict with split train
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(_rows(holdout, QA))}) \
-        .save_to_disk(str(root / "holdout10"))
-    for name in ("real_authors_perturbed", "world_facts_perturbed"):
-        (root / f"{name}.json").write_bytes((PUBLISHED / f"{name}.json").read_bytes())
-    return root
 
 
 def test_published_files_have_the_documented_shape():
@@ -79,7 +41,7 @@ def test_roles_follow_open_unlearning(tmp_path, qa_bench):
     assert len(data["real_authors"]) == 100 and len(data["world_facts"]) == 117
     assert all(len(r["perturbed_answer"]) == 3 for r in data["real_authors"])
     # A bad record names the file, the record and the field, before any model is loaded.
-    _jsonl(root / "retain_perturbed.json", [{"question": "q", "answer": "a",
+    write_jsonl(root / "retain_perturbed.json", [{"question": "q", "answer": "a",
                                              "perturbed_answer": "not a list"}])
     with pytest.raises(DataError, match=r"retain_perturbed.json: line 1: field "
                                         r"'perturbed_answer': expected a list"):
