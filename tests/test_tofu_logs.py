@@ -208,7 +208,8 @@ def test_bad_open_unlearning_log_and_unknown_file(tmp_path):
     (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(doc))
     with pytest.raises(DataError, match=r"wf_Q_A_ROUGE.value_by_index.0.rougeL_recall'?: missing"):
         read_tofu_logs(tmp_path / "TOFU_EVAL.json")
-    del doc["wf_Q_A_ROUGE"], doc["wf_Q_A_Prob"], doc["wf_Q_A_Prob_normalised"], doc["wf_Truth_Ratio"]
+    for name in ("wf_Q_A_ROUGE", "wf_Q_A_Prob", "wf_Q_A_Prob_normalised", "wf_Truth_Ratio"):
+        doc.pop(name)
     (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(doc))
     assert set(read_tofu_logs(tmp_path / "TOFU_EVAL.json").qa) == {"forget", "retain"}
     (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
