@@ -12,7 +12,7 @@ from scipy import stats
 
 from jaxunlearn import cli
 from jaxunlearn.errors import DataError
-from jaxunlearn.eval.groups.tofu import tofu_result
+from jaxunlearn.eval.groups.tofu import answer_extraction_strength, tofu_result
 from jaxunlearn.eval.results import ModelResult
 from jaxunlearn.eval.tofu_logs import (SUMMARY_KEYS, TOFU_TASKS, logs_result, read_tofu_logs,
                                        tofu_eval_document, tofu_summary)
@@ -244,3 +244,31 @@ def test_cli_eval_from_logs_writes_eval_json(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "bad.json" in err and "rougeL_recall" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out2" / "eval.json").exists()
+
+
+def _es_loop(preds_ok: list[bool]) -> float:
+    """open-unlearning's extraction_strength loop on one answer (labels without the eos):
+    the first k with every position from k on right; k stays n - 1 when none is."""
+    n = len(preds_ok)
+    if n == 0:
+        return 0.0
+    k = 0
+    for k in range(n):
+        if all(preds_ok[k:]):
+            break
+    return 1 - k / n
+
+
+def test_answer_extraction_strength_matches_open_unlearning_loop():
+    rng = np.random.default_rng(7)
+    n_rows, width = 40, 12
+    correct = rng.random((n_rows, width)) < 0.7
+    mask = np.zeros((n_rows, width), np.float32)
+    want = []
+    for i in range(n_rows):
+        start, length = rng.integers(0, 4), rng.integers(1, 8)  # prompt, answer + eos
+        mask[i, start:start + length] = 1
+        want.append(_es_loop(list(correct[i, start:start + length - 1])))
+    got = answer_extraction_strength(correct, mask)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert got[np.flatnonzero(mask.sum(1) == 1)].tolist() == [0.0] * int((mask.sum(1) == 1).sum())

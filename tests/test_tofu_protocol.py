@@ -65,6 +65,7 @@ def test_tofu_layout_evaluates_end_to_end(tmp_path, qa_bench, qa_tokenizer, qa_m
                                                      rel=1e-12)
     assert summary["forget_quality"] == pytest.approx(1.0)  # the same model as the retain one
     assert summary["privleak"] == pytest.approx(0.0, abs=1e-9)
+    assert 0.0 <= summary["extraction_strength"] <= 1.0
     doc = json.loads((tmp_path / "out" / "TOFU" / "target" / "TOFU_EVAL.json").read_text())
     rows = doc["forget_Q_A_ROUGE"]["value_by_index"]
     assert set(rows["0"]) == {"rougeL_recall", "input", "ground_truth", "generation"}

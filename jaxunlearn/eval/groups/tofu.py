@@ -8,6 +8,8 @@
   likely) and ``mean(max(0, 1 - R))`` on retain and world facts (the share of
   preference for the truth);
 * forget quality: KS p-value of the forget truth ratios against the retain model's;
+* extraction strength of the forget answers (open-unlearning's ``extraction_strength``:
+  teacher-forced, the final eos left out, its ``1/n`` loop bound kept);
 * model utility: harmonic mean of ``metrics.TOFU_MODEL_UTILITY_KEYS`` ({retain, real
   authors, world facts} x {prob, rouge, truth ratio}) that exist: TOFU's nine when the
   data has real authors, our benchmark's six otherwise.
@@ -24,13 +26,13 @@ from typing import Any
 import numpy as np
 
 from jaxunlearn.data.schema import HOLDOUT, OPTION_SPLITS
-from jaxunlearn.eval import metrics
+from jaxunlearn.eval import memorization_metrics, metrics
 from jaxunlearn.eval.groups.base import GroupInputs, MetricGroup
 from jaxunlearn.eval.measure import Measurement
 from jaxunlearn.eval.results import Distribution, Sample, SplitScores, TofuResult
 
-__all__ = ["scores_of", "split_scores", "forget_quality_against", "tofu_result", "compute",
-           "GROUP"]
+__all__ = ["scores_of", "split_scores", "forget_quality_against", "tofu_result",
+           "answer_extraction_strength", "compute", "GROUP"]
 
 
 def _mean(x) -> float:
@@ -103,14 +105,30 @@ def _per_record(m: Measurement) -> dict[str, dict[str, Any]]:
             for split, nums in m.qa.items() if "truth_ratio" in nums}
 
 
+def answer_extraction_strength(correct, mask) -> np.ndarray:
+    """open-unlearning's per-answer extraction strength ``[N]`` from teacher-forced greedy
+    hits ``correct [N, T]`` over the answer ``mask [N, T]`` (answer + eos): the last
+    masked position (the eos) is left out, as its ``extraction_strength`` drops the last
+    label, then ``memorization_metrics.extraction_strength`` (its ``1/n`` loop bound)."""
+    on = np.asarray(mask) > 0
+    rows = np.flatnonzero(on.any(axis=1))
+    last = on.shape[1] - 1 - np.argmax(on[:, ::-1], axis=1)
+    on[rows, last[rows]] = False
+    return np.asarray(memorization_metrics.extraction_strength(
+        np.asarray(correct, bool), on.astype(np.float32)), np.float64)
+
+
 def compute(inputs: GroupInputs, done: Mapping[str, Any]) -> TofuResult:
     m = inputs.measurement
     plan = m.plans["forget"]
+    answers = m.scores.take(plan.answer)
     return tofu_result(
         m.qa, retain_truth_ratios=inputs.retain_truth_ratios,
         samples=tuple(Sample(question=r["question"], answer=r["answer"], generation=g)
                       for r, g in zip(plan.records[:3], m.generations["forget"][:3])),
         records={split: len(p.records) for split, p in m.plans.items()},
+        extraction_strength=float(np.mean(answer_extraction_strength(answers.correct,
+                                                                     answers.mask))),
         per_record=_per_record(m))
 
 
