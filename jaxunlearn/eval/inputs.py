@@ -16,9 +16,6 @@ from jaxunlearn.eval.options import SuiteConfig
 
 __all__ = ["benchmark_splits", "evaluation_splits", "subset", "need"]
 
-_OPTIONAL = (HOLDOUT, WORLD_FACTS, REAL_AUTHORS, "canaries")
-
-
 def evaluation_splits(options: SuiteConfig) -> dict[str, tuple[str, ...]]:
     """Per evaluation role, the split names that may hold it, preferred first.
 
@@ -83,13 +80,12 @@ def benchmark_splits(benchmark, options: SuiteConfig) -> dict[str, list[dict]]:
         raise DataError(f"benchmark: expected a directory, a split mapping or a "
                         f"synthetic.Benchmark, got {type(benchmark).__name__}")
     out: dict[str, list[dict]] = {}
-    for role, name in (("forget", options.forget), ("retain", options.retain)):
-        if name not in raw:
-            raise DataError(f"benchmark: has no split {name!r} (data.{role})")
-        out[role] = list(raw[name])
-    for name in _OPTIONAL:
-        if name in raw:
-            out[name] = list(raw[name])
+    for role, names in evaluation_splits(options).items():  # the same table as for files
+        found = next((n for n in names if n in raw), None)
+        if found is not None:
+            out[role] = list(raw[found])
+        elif role in ("forget", "retain"):
+            raise DataError(f"benchmark: has no split {names[-1]!r} (data.{role})")
     return out
 
 
