@@ -31,8 +31,9 @@ def _use_compilation_cache() -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
-# Before jax and huggingface_hub are imported (below): both read these once, at import.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Before jax is imported (below): it reads these once, at import. HF_HUB_OFFLINE and the
+# Hugging Face cache are the user's: hub ids (data.benchmark=locuslab/TOFU, model.path=
+# owner/name) are fetched when the hub is reachable and fail in one line when not.
 _use_compilation_cache()
 
 import jax  # noqa: E402
@@ -118,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model to evaluate (repeatable); NAME defaults to the directory name")
     p.add_argument("--retain-model", type=Path, default=None,
                    help="the gold retain model (forget quality is measured against it)")
+    p.add_argument("--logs", action="append", default=[], metavar="NAME=PATH",
+                   help="a model's per-question TOFU logs (open-unlearning's TOFU_EVAL.json "
+                   "or TOFU's eval_log_aggregated.json), scored without the model (repeatable)")
+    p.add_argument("--retain-logs", type=Path, default=None, metavar="PATH",
+                   help="the retain model's logs, in place of --retain-model")
     _add_config_args(p)
 
     p = sub.add_parser("report", help="render report.md and figures from an eval.json")
@@ -204,7 +210,8 @@ def _dispatch_run(args, cfg) -> int:
         unlearning.run_unlearning(cfg, resume=args.resume)
         return 0
     if args.command == "eval":
-        return evaluate.main_eval(cfg, args.model, args.retain_model)
+        return evaluate.main_eval(cfg, args.model, args.retain_model, log_args=args.logs,
+                                  retain_logs_path=args.retain_logs)
     raise AssertionError(f"unhandled command {args.command}")
 
 

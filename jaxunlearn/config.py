@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import yaml
 
 from jaxunlearn import resources, strict_yaml
+from jaxunlearn.data.batch import ChatStyle
 from jaxunlearn.data.schema import retain_split_of
 from jaxunlearn.errors import ConfigError, ValidationError
 from jaxunlearn.eval.progress import PROGRESS_METRICS
@@ -36,7 +37,8 @@ from jaxunlearn.validate import path_component
 
 # Keys an experiment YAML (experiments/*.yaml, `jaxunlearn run`) adds to a run config; a
 # command given such a file with --config reads its run config and leaves these to `run`.
-EXPERIMENT_KEYS = ("description", "reproduces", "expected", "requires", "stages")
+EXPERIMENT_KEYS = ("description", "reproduces", "expected", "requires", "stages", "retain_logs",
+                   "retain_model")
 
 # Integers anywhere in a config: int32, what every array shape and jitted scalar takes.
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
@@ -91,6 +93,11 @@ class DataConfig:
     max_len: int = 256
     truncate: bool = False
     tokenizer: str | None = None  # None: the benchmark's own tokenizer (or the model's)
+    # The chat template's system prompt and date (data.batch.ChatStyle); None:
+    # open-unlearning's defaults for the template ("You are a helpful assistant." and
+    # "10 Apr 2025" for Llama-3.x Instruct, none otherwise); "": none.
+    system_prompt: str | None = None
+    date_string: str | None = None
 
     def __post_init__(self):
         if self.max_len < 8:
@@ -109,6 +116,11 @@ class DataConfig:
                     path_component(getattr(self, field), f"data.{field}")
                 except ValidationError as e:
                     raise ConfigError(str(e)) from None
+
+    @property
+    def chat(self) -> ChatStyle:
+        """How prompts are rendered, in training, unlearning and evaluation alike."""
+        return ChatStyle(system_prompt=self.system_prompt, date_string=self.date_string)
 
     @property
     def retain_split(self) -> str:
@@ -171,10 +183,10 @@ class EvalConfig:
     """Evaluation settings."""
 
     batch_size: int = 32
-    max_new_tokens: int = 64
+    max_new_tokens: int = 200  # open-unlearning's generation default
     attacks: bool = True
     metrics: tuple[str, ...] = ()  # empty: all
-    max_records: int | None = 200  # per split, None: all
+    max_records: int | None = None  # per split, None: all (as open-unlearning)
     fast: bool = False  # the suite's reduced settings (demo, smoke tests)
     # The retain (gold) model forget quality is measured against during unlearning
     # (train.eval_every); None: the one `jaxunlearn train --which retain` made, if any.

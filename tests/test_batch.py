@@ -1,5 +1,7 @@
 """jaxunlearn.data.batch: answer-only masks, the shift, padding, bucketing and iterators."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,7 @@ from jaxunlearn.data.batch import (
     prompt_batch,
     steps_per_epoch,
 )
+from jaxunlearn.data.batch import ChatStyle, encode_prompt
 from jaxunlearn.errors import DataError
 from jaxunlearn.data.tokenizer import train_tokenizer
 
@@ -246,3 +249,30 @@ def test_prompt_batch_is_left_padded(tok):
     with pytest.raises(DataError, match="seq_len"):
         prompt_batch(tok, [p1, p2], seq_len=len(p2) - 1)
 
+
+
+# A Llama-3.x-Instruct-like template: it renders "Today Date: {date_string}" and a system
+# message, so open-unlearning's defaults apply to it.
+DATED_TEMPLATE = (
+    "{{- '<|bos|>' -}}"
+    "{{- 'system: Today Date: ' + (date_string if date_string is defined else '26 Jul 2024') -}}"
+    "{%- if messages[0]['role'] == 'system' -%}{{- ' | ' + messages[0]['content'] -}}{%- endif -%}"
+    "{{- '\\n' -}}"
+    "{%- for message in messages if message['role'] == 'user' -%}"
+    "{{- 'Question: ' + message['content'] + '\\n' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'Answer: ' -}}{%- endif -%}")
+
+
+def test_chat_style_open_unlearning_defaults_and_overrides(tok):
+    plain = tok.decode(encode_prompt(tok, "Who?"))
+    assert plain == "<|bos|>Question: Who?\nAnswer: "  # our template: neither, unchanged
+    dated = copy.deepcopy(tok)
+    dated.chat_template = DATED_TEMPLATE
+    text = dated.decode(encode_prompt(dated, "Who?"))
+    assert text == ("<|bos|>system: Today Date: 10 Apr 2025 | You are a helpful assistant.\n"
+                    "Question: Who?\nAnswer: ")
+    text = dated.decode(encode_prompt(dated, "Who?", chat=ChatStyle(system_prompt="",
+                                                                    date_string="1 Jan 2030")))
+    assert text == "<|bos|>system: Today Date: 1 Jan 2030\nQuestion: Who?\nAnswer: "
+    with pytest.raises(DataError, match="data.system_prompt"):
+        ChatStyle(system_prompt=3)

@@ -8,19 +8,26 @@ import sys
 from pathlib import Path
 
 import pytest
+from _tofu_layout import write_tofu_layout
 
+from jaxunlearn.config import load_config
 from jaxunlearn.errors import ConfigError
-from jaxunlearn.pipeline.experiment import read_experiment
+from jaxunlearn.models import save_pretrained
+from jaxunlearn.pipeline.evaluation import Evaluation
+from jaxunlearn.pipeline.experiment import read_experiment, run_experiment
 
 ROOT = Path(__file__).parents[1]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_experiment_yaml_parses(path):
+def test_every_experiment_yaml_parses(path, tmp_path):
     text = path.read_text()
     if "requires:" in text:  # give what the experiment says the user must supply
-        cfg, meta = read_experiment(path, ["model.path=/x", "data.benchmark=/y"])
-        assert set(meta.get("requires", [])) <= {"model.path", "data.benchmark"}
+        (tmp_path / "TOFU_EVAL.json").write_text("{}")
+        cfg, meta = read_experiment(path, ["model.path=/x", "data.benchmark=/y",
+                                           f"retain_logs={tmp_path / 'TOFU_EVAL.json'}"])
+        assert set(meta.get("requires", [])) <= {"model.path", "data.benchmark",
+                                                 "retain_logs|retain_model"}
     else:
         cfg, meta = read_experiment(path, [])
     assert cfg.method.get("name") or "train" in path.name
@@ -29,6 +36,37 @@ def test_every_experiment_yaml_parses(path):
 def test_tofu_experiment_requires_model_path():
     with pytest.raises(ConfigError, match="model.path"):
         read_experiment(ROOT / "experiments" / "tofu_llama32_1b_npo.yaml", [])
+    with pytest.raises(ConfigError, match="retain_logs=... or retain_model=..."):
+        read_experiment(ROOT / "experiments" / "tofu_llama32_1b_npo.yaml",
+                        ["model.path=/x", "data.benchmark=/y"])
+    with pytest.raises(ConfigError, match="retain_logs: /nowhere does not exist"):
+        read_experiment(ROOT / "experiments" / "tofu_llama32_1b_npo.yaml",
+                        ["model.path=/x", "data.benchmark=/y", "retain_logs=/nowhere"])
+
+
+def test_tofu_experiment_prints_ours_beside_expected(tmp_path, qa_bench, qa_tokenizer,
+                                                    qa_model, capsys):
+    """The published-TOFU experiment, eval stage only, against retain logs in
+    open-unlearning's format written by our own evaluation of the same model (FQ = 1)."""
+    root = write_tofu_layout(tmp_path / "TOFU", qa_bench)
+    save_pretrained(qa_model, qa_model.config, tmp_path / "target", tokenizer=qa_tokenizer)
+    small = ["eval.max_records=4", "eval.max_new_tokens=8", "eval.batch_size=16",
+             "eval.attacks=false", "eval.metrics=[tofu,mia]", f"data.benchmark={root}"]
+    cfg = load_config(None, [f"output_dir={tmp_path / 'ref'}", *small])
+    ev = Evaluation(cfg, root)
+    ev.add_retain(qa_model, qa_tokenizer)
+    ev.write(tmp_path / "ref", mesh=None)
+    text = (ROOT / "experiments" / "tofu_llama32_1b_npo.yaml").read_text()
+    experiment = tmp_path / "tofu_eval_only.yaml"
+    experiment.write_text(text.replace("stages: [unlearn, eval]", "stages: [eval]"))
+    assert run_experiment(experiment, [f"model.path={tmp_path / 'target'}",
+                                       f"retain_logs={tmp_path / 'ref' / 'TOFU' / 'retain'}",
+                                       f"output_dir={tmp_path / 'run'}", *small]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.rindex('{\n  "experiment"'):])
+    assert summary["measured"]["forget_quality"] == pytest.approx(1.0)
+    assert summary["expected"]["forget_quality"] == 0.02
+    assert "forget_quality" in out and "metric / ours / expected" in out
 
 
 @pytest.mark.slow

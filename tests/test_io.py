@@ -15,6 +15,7 @@ from flax import nnx
 from jaxunlearn.data.tokenizer import train_tokenizer
 from jaxunlearn.errors import CheckpointError
 from jaxunlearn.models import Llama, load_pretrained, load_tokenizer, save_pretrained
+from jaxunlearn.models.io import is_hub_id, resolve_model_path
 from jaxunlearn.models.presets import tiny
 
 
@@ -101,3 +102,14 @@ def test_safetensors_index_cannot_point_outside_the_model(tmp_path, tiny_hf_dir)
         {"weight_map": {k: "../outside.safetensors" for k in keys}}))
     with pytest.raises(CheckpointError, match="weight_map shard.*plain name"):
         load_pretrained(tiny_hf_dir)
+
+
+def test_hub_model_id_offline_fails_in_one_line(tmp_path, monkeypatch):
+    # conftest sets HF_HUB_OFFLINE=1 before huggingface_hub is imported; an empty cache
+    # holds nothing, so the id cannot be had: one line saying why, no traceback, no wait.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert is_hub_id("someone/some-model") and not is_hub_id(str(tmp_path))
+    with pytest.raises(CheckpointError) as e:
+        resolve_model_path("someone/some-model")
+    assert "someone/some-model" in str(e.value) and "HF_HUB_OFFLINE=1" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1

@@ -21,7 +21,7 @@ from jaxunlearn.errors import DataError, UserError
 from jaxunlearn.eval import suite
 from jaxunlearn.eval.groups import REGISTRY
 from jaxunlearn.eval.metrics import MODEL_UTILITY_KEYS
-from jaxunlearn.eval.options import GROUPS, QA_SPLITS
+from jaxunlearn.eval.options import GROUPS
 from jaxunlearn.eval.results import ModelResult
 
 OPTIONS = suite.SuiteConfig(forget="forget10", retain="retain90", batch_size=16,
@@ -70,7 +70,7 @@ def _np_mean_logprob(forward, tokenizer, question, answer):
 
 
 def test_keys_present_and_values_in_range(result, bench):
-    for split in QA_SPLITS:
+    for split in ("forget", "retain", "holdout", "world_facts"):  # no real authors here
         for kind in ("prob", "rouge", "truth_ratio"):
             assert 0.0 <= result[f"{split}_{kind}"] <= 1.0, (split, kind)
     assert result["forget_quality"] is None  # no retain model given

@@ -13,6 +13,7 @@ every token.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -101,17 +102,59 @@ def _eos_id(tokenizer) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def encode_prompt(tokenizer, question: str) -> np.ndarray:
+# open-unlearning's model configs (configs/model/Llama-3.*-Instruct.yaml): the system
+# prompt and the date its chat template renders ("Today Date: ..."). Templates that take
+# no date (Llama-2-chat, phi, our own) get neither, as there.
+OU_SYSTEM_PROMPT, OU_DATE_STRING = "You are a helpful assistant.", "10 Apr 2025"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChatStyle:
+    """What the chat template renders around a question (``data.system_prompt``,
+    ``data.date_string``).
+
+    None (the default) is open-unlearning's setting for the tokenizer's template: with a
+    template that renders a date (``date_string``, the Llama-3.x Instruct ones) the system
+    prompt ``OU_SYSTEM_PROMPT`` and the date ``OU_DATE_STRING``; otherwise neither. ``""``
+    is no system prompt / the template's own date.
+    """
+
+    system_prompt: str | None = None
+    date_string: str | None = None
+
+    def __post_init__(self):
+        for name in ("system_prompt", "date_string"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise DataError(f"data.{name}: expected a string or null, got {v!r:.40}")
+
+    def render(self, tokenizer, question: str) -> tuple[list[dict], dict]:
+        """``(messages, template kwargs)`` of ``question`` for ``tokenizer``'s template."""
+        dated = "date_string" in (getattr(tokenizer, "chat_template", None) or "")
+        system = self.system_prompt if self.system_prompt is not None else (
+            OU_SYSTEM_PROMPT if dated else "")
+        date = self.date_string if self.date_string is not None else (
+            OU_DATE_STRING if dated else "")
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": question})
+        return messages, ({"date_string": date} if date else {})
+
+
+DEFAULT_CHAT = ChatStyle()
+
+
+def encode_prompt(tokenizer, question: str, *, chat: ChatStyle = DEFAULT_CHAT) -> np.ndarray:
     """Chat-template prompt ids ``[P]`` for ``question``, ending where the answer starts.
 
-    ``tokenizer.apply_chat_template([{"role": "user", "content": question}],
-    add_generation_prompt=True)``; with jaxunlearn's own tokenizer that is
-    ``<|bos|>Question: {question}\\nAnswer: ``.
+    ``tokenizer.apply_chat_template([system?, {"role": "user", "content": question}],
+    add_generation_prompt=True, date_string=...)`` (:class:`ChatStyle`, open-unlearning's
+    ``preprocess_chat_instance``); with jaxunlearn's own tokenizer that is
+    ``<|bos|>Question: {question}\nAnswer: ``.
     """
     _require_str(question, "question")
-    messages = [{"role": "user", "content": question}]
+    messages, kwargs = chat.render(tokenizer, question)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                        return_dict=False)
+                                        return_dict=False, **kwargs)
     return np.asarray(ids, dtype=np.int32)
 
 
@@ -121,13 +164,15 @@ def _qa(prompt: np.ndarray, answer_ids: list[int], eos: int) -> Encoded:
     return Encoded(np.concatenate([prompt, target]), counted)
 
 
-def encode_qa(tokenizer, question: str, answer: str) -> Encoded:
+def encode_qa(tokenizer, question: str, answer: str, *, chat: ChatStyle = DEFAULT_CHAT) -> Encoded:
     """Prompt (chat template, not counted) + answer + eos (counted)."""
     _require_str(answer, "answer")
-    return _qa(encode_prompt(tokenizer, question), _text_ids(tokenizer, answer), _eos_id(tokenizer))
+    return _qa(encode_prompt(tokenizer, question, chat=chat), _text_ids(tokenizer, answer),
+               _eos_id(tokenizer))
 
 
-def encode_candidates(tokenizer, question: str, answers: Sequence[str]) -> list[Encoded]:
+def encode_candidates(tokenizer, question: str, answers: Sequence[str], *,
+                      chat: ChatStyle = DEFAULT_CHAT) -> list[Encoded]:
     """One :class:`Encoded` per candidate answer to the same question.
 
     For the truth ratio (Maini et al. 2024, TOFU): ``question`` with the paraphrased
@@ -136,7 +181,7 @@ def encode_candidates(tokenizer, question: str, answers: Sequence[str]) -> list[
     """
     if isinstance(answers, str) or not answers:
         raise DataError(f"answers: expected a non-empty list of strings, got {answers!r:.60}")
-    prompt, eos = encode_prompt(tokenizer, question), _eos_id(tokenizer)
+    prompt, eos = encode_prompt(tokenizer, question, chat=chat), _eos_id(tokenizer)
     out = []
     for k, answer in enumerate(answers):
         _require_str(answer, f"answers[{k}]")
@@ -145,14 +190,14 @@ def encode_candidates(tokenizer, question: str, answers: Sequence[str]) -> list[
 
 
 def encode_qa_records(tokenizer, records: Sequence[Mapping], *, question_field: str = "question",
-                      answer_field: str = "answer") -> list[Encoded]:
+                      answer_field: str = "answer", chat: ChatStyle = DEFAULT_CHAT) -> list[Encoded]:
     """:func:`encode_qa` over loaded records, e.g. ``answer_field="idk_answer"`` for IDK targets."""
     out = []
     for i, rec in enumerate(records):
         for field in (question_field, answer_field):
             if field not in rec:
                 raise DataError(f"record {i + 1}: field '{field}': missing")
-        out.append(encode_qa(tokenizer, rec[question_field], rec[answer_field]))
+        out.append(encode_qa(tokenizer, rec[question_field], rec[answer_field], chat=chat))
     return out
 
 

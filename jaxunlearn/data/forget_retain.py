@@ -62,7 +62,8 @@ def _view_records(records: Sequence[Mapping], view: str) -> list[dict]:
 
 def prepare_data(tokenizer, forget_records: Sequence[Mapping], retain_records: Sequence[Mapping],
                  *, views: Sequence[str] = ("answer",), max_len: int,
-                 truncate: bool = False) -> Prepared:
+                 truncate: bool = False,
+                 chat: batch_lib.ChatStyle = batch_lib.DEFAULT_CHAT) -> Prepared:
     """Tokenise forget (every one of ``views``) and retain records; check lengths.
 
     Raises ``DataError`` naming the split, record and field for bad or too long records.
@@ -74,13 +75,15 @@ def prepare_data(tokenizer, forget_records: Sequence[Mapping], retain_records: S
     forget = {}
     for view in views:
         try:
-            enc = batch_lib.encode_qa_records(tokenizer, _view_records(forget_records, view))
+            enc = batch_lib.encode_qa_records(tokenizer, _view_records(forget_records, view),
+                                              chat=chat)
             forget[view] = batch_lib.check_lengths(enc, max_len, truncate=truncate)
         except DataError as e:
             raise DataError(f"forget split ({view} view): {e}") from None
     try:
-        retain = batch_lib.check_lengths(batch_lib.encode_qa_records(tokenizer, retain_records),
-                                         max_len, truncate=truncate)
+        retain = batch_lib.check_lengths(
+            batch_lib.encode_qa_records(tokenizer, retain_records, chat=chat), max_len,
+            truncate=truncate)
     except DataError as e:
         raise DataError(f"retain split: {e}") from None
     t_f = batch_lib.bucket_length(max(e.length for v in forget.values() for e in v))

@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "FORGET_FRACTION", "RETAIN_OF", "HOLDOUT", "WORLD_FACTS", "QA_SPLITS", "CANARY_SPLITS",
-    "MANIFEST", "SUFFIXES", "FieldCheck", "RecordKind", "QA_FIELDS", "QA_REQUIRED", "NONBLANK",
+    "MANIFEST", "SUFFIXES", "REAL_AUTHORS", "OPTION_SPLITS", "TOFU_CONFIGS", "RETAIN_PERTURBED",
+    "holdout_split_of", "FieldCheck", "RecordKind", "QA_FIELDS", "QA_REQUIRED", "NONBLANK",
     "CANARY_FIELDS", "BIOGRAPHY_FIELDS", "record_kind", "retain_split_of", "check_str",
     "check_int", "check_str_list",
 ]
@@ -29,6 +30,25 @@ FORGET_FRACTION = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 HOLDOUT = "holdout"
 WORLD_FACTS = "world_facts"
+REAL_AUTHORS = "real_authors"
+# Splits whose questions have no paraphrase: their truth ratio compares the answer itself
+# with the perturbed answers, and their probability is normalised over those options
+# (TOFU's ``eval_real_author_wo_options`` / ``eval_real_world_wo_options``).
+OPTION_SPLITS = (REAL_AUTHORS, WORLD_FACTS)
+# TOFU's published configs (hub id ``locuslab/TOFU``, one file ``<config>.json`` each, JSON
+# lines, one split ``train``): question/answer files, and the ``_perturbed`` files holding
+# paraphrased_answer / paraphrased_question / perturbed_answer (a list: 5 per question for
+# forget/retain, 3 and no paraphrase for real authors and world facts).
+TOFU_CONFIGS = ("full", "forget01", "forget05", "forget10", "forget01_perturbed",
+                "forget05_perturbed", "forget10_perturbed", "retain90", "retain95", "retain99",
+                "retain_perturbed", "real_authors", "real_authors_perturbed", "world_facts",
+                "world_facts_perturbed", "holdout01", "holdout05", "holdout10")
+RETAIN_PERTURBED = "retain_perturbed"
+
+
+def holdout_split_of(forget: str) -> str:
+    """TOFU's holdout config of the same size as ``forget`` (``forget10`` -> ``holdout10``)."""
+    return HOLDOUT + forget[len("forget"):] if forget.startswith("forget") else HOLDOUT
 # Every QA split of people a full benchmark holds, in file order.
 QA_SPLITS = ("forget01", "forget05", "forget10", "retain90", "retain95", "retain99", HOLDOUT)
 # The ``split`` field of a canary: trained and later forgotten, trained and kept, never seen.

@@ -3,6 +3,9 @@
 A benchmark directory holds one JSON-lines file per split (``forget10.json``,
 ``retain90.json``, ``holdout.json``, ``world_facts.json``, ``biographies.json``,
 ``canaries.json``) plus ``manifest.json``, laid out as :mod:`jaxunlearn.data.schema` says.
+A split may also be a JSON array, a ``.jsonl`` or ``.parquet`` file, or a directory
+written by ``datasets``' ``save_to_disk`` (a ``Dataset``, or a ``DatasetDict`` whose
+``train`` split is read, as the hub's TOFU configs have one split ``train``).
 Real TOFU files (Maini et al. 2024, "TOFU: A Task of Fictitious Unlearning for
 LLMs", hub id ``locuslab/TOFU``) use the same ``question`` / ``answer`` /
 ``paraphrased_answer`` / ``perturbed_answer`` keys, may lack the synthetic
@@ -35,6 +38,8 @@ __all__ = [
     "read_records",
     "validate_records",
     "load_split",
+    "has_split",
+    "is_hub_id",
     "load_benchmark",
     "load_muse_corpus",
     "check_disjoint",
@@ -128,18 +133,49 @@ def validate_records(
     return records
 
 
+# Files ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` write.
+_SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and any((path / m).is_file() for m in _SAVED_MARKERS)
+
+
+def _parse_saved(path: Path) -> list[tuple[str, Any]]:
+    """Rows of a ``save_to_disk`` directory (a DatasetDict: its ``train`` split, or its
+    only split)."""
+    import datasets  # heavy; only when such a directory is read
+
+    try:
+        data = datasets.load_from_disk(str(path))
+    except Exception as e:  # corrupt arrow files, version mismatch: not readable
+        raise DataError(f"{path}: cannot read a datasets save_to_disk directory "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if isinstance(data, datasets.DatasetDict):
+        if "train" not in data and len(data) != 1:
+            raise DataError(f"{path}: a DatasetDict without a 'train' split "
+                            f"(has {', '.join(data)})")
+        data = data["train"] if "train" in data else next(iter(data.values()))
+    return [(f"record {i + 1}", row) for i, row in enumerate(data)]
+
+
 def read_records(path: str | os.PathLike, *, split: str | None = None,
                  required: Sequence[str] | None = None) -> list[dict]:
-    """Read and validate one ``.json`` (lines or array), ``.jsonl`` or ``.parquet`` file.
+    """Read and validate one ``.json`` (lines or array), ``.jsonl`` or ``.parquet`` file,
+    or a ``datasets`` ``save_to_disk`` directory.
 
     ``split`` (default: the file's stem) picks the schema: ``canaries``,
     ``biographies``, else QA. ``required`` defaults to that schema's required fields.
     """
     path = Path(path)
-    if not path.is_file():
+    saved = _is_saved_dataset(path)
+    if not path.is_file() and not saved:
         raise DataError(f"{path}: no such file")
     fields, default_required, record_check = record_kind(split or path.stem)
-    items = _parse_parquet(path) if path.suffix == ".parquet" else _parse_json(path)
+    if saved:
+        items = _parse_saved(path)
+    else:
+        items = _parse_parquet(path) if path.suffix == ".parquet" else _parse_json(path)
     return validate_records(items, str(path), fields=fields, record_check=record_check,
                             required=default_required if required is None else required)
 
@@ -148,7 +184,17 @@ def _find_file(directory: Path, split: str) -> Path | None:
     for suffix in SUFFIXES:
         if (directory / f"{split}{suffix}").is_file():
             return directory / f"{split}{suffix}"
-    return None
+    return directory / split if _is_saved_dataset(directory / split) else None
+
+
+def has_split(directory: str | os.PathLike, split: str) -> bool:
+    """Whether ``directory`` holds ``split`` as a file of ``SUFFIXES`` or a saved dataset."""
+    return _find_file(Path(directory), split) is not None
+
+
+def is_hub_id(source: str | os.PathLike) -> bool:
+    """``owner/name`` that is not a local path (then ``datasets.load_dataset`` reads it)."""
+    return not Path(source).exists() and _looks_like_hub_id(str(source))
 
 
 def _merge_perturbed(base: list[dict], extra: list[dict], source: str) -> list[dict]:
@@ -231,7 +277,8 @@ def load_split(source: str | os.PathLike, split: str, *,
         raise DataError(f"{source}: expected a benchmark directory, got a file")
     file = _find_file(path, split)
     if file is None:
-        raise DataError(f"{path}: split '{split}': no {split}.json, .jsonl or .parquet file")
+        raise DataError(f"{path}: split '{split}': no {split}.json, .jsonl or .parquet file "
+                        "or save_to_disk directory")
     records = read_records(file, split=split, required=required)
     companion = _find_file(path, f"{split}_perturbed")
     if companion is not None and not split.endswith("_perturbed"):

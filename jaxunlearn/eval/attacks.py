@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 from flax import nnx
 
-from jaxunlearn.data.batch import bucket_length, encode_qa, iterate_batches, pad_id, \
-    steps_per_epoch
+from jaxunlearn.data.batch import DEFAULT_CHAT, ChatStyle, bucket_length, encode_qa, \
+    iterate_batches, pad_id, steps_per_epoch
 from jaxunlearn.errors import UserError
 from jaxunlearn.eval.inputs import benchmark_splits, subset
 from jaxunlearn.eval.options import SuiteConfig
@@ -160,14 +160,16 @@ def recovery_split(records: Sequence[dict], fraction: float, seed: int
     return train, rest
 
 
-def finetune_nll(model, tokenizer, records: Sequence[dict], config: FinetuneRecoveryConfig):
+def finetune_nll(model, tokenizer, records: Sequence[dict], config: FinetuneRecoveryConfig, *,
+                 chat: ChatStyle = DEFAULT_CHAT):
     """A fine-tuned copy of ``model`` (``model`` itself is unchanged) and its losses.
 
     Plain NLL on answer tokens (``train.finetune.nll_finetune``), AdamW at a constant rate
     without clipping, ``config.steps`` steps of ``config.batch_size`` records in
     ``iterate_batches`` order (seeded, wrapping around), one padded length.
     """
-    encoded = [encode_qa(tokenizer, r["question"], r["answer"]) for r in records]
+    encoded = [encode_qa(tokenizer, r["question"], r["answer"], chat=chat)
+               for r in records]
     seq_len = bucket_length(max(e.length for e in encoded))
     pad = pad_id(tokenizer)
     source = BatchSource(
@@ -193,7 +195,8 @@ def finetune_recovery_attack(model, tokenizer, records: Sequence[dict], cfg, *,
     """
     train, rest = recovery_split(list(records), config.fraction, config.seed)
     before = evaluate_forget(model, tokenizer, rest, cfg)
-    recovered, step_losses = finetune_nll(model, tokenizer, train, config)
+    recovered, step_losses = finetune_nll(model, tokenizer, train, config,
+                                          chat=SuiteConfig.of(cfg).chat)
     after = evaluate_forget(recovered, tokenizer, rest, cfg)
     return _before_after(before, after, info={
         "train_records": len(train), "eval_records": len(rest), "steps": config.steps,

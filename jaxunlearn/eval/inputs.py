@@ -8,39 +8,68 @@ from pathlib import Path
 import numpy as np
 
 from jaxunlearn.data import tofu
-from jaxunlearn.data.schema import HOLDOUT, SUFFIXES, WORLD_FACTS
+from jaxunlearn.data.schema import (HOLDOUT, REAL_AUTHORS, RETAIN_PERTURBED, WORLD_FACTS,
+                                    holdout_split_of)
 from jaxunlearn.data.synthetic import Benchmark
 from jaxunlearn.errors import DataError
 from jaxunlearn.eval.options import SuiteConfig
 
-__all__ = ["benchmark_splits", "subset", "need"]
+__all__ = ["benchmark_splits", "evaluation_splits", "subset", "need"]
 
-_OPTIONAL = (HOLDOUT, WORLD_FACTS, "canaries")
+def evaluation_splits(options: SuiteConfig) -> dict[str, tuple[str, ...]]:
+    """Per evaluation role, the split names that may hold it, preferred first.
+
+    TOFU's published layout (open-unlearning's evaluator): forget metrics on
+    ``<forget>_perturbed``, retain metrics on ``retain_perturbed``, MIA against
+    ``holdout<NN>`` of the forget split's size, real authors and world facts on their
+    ``_perturbed`` files. Our synthetic benchmark keeps the same fields inline in
+    ``<forget>``, ``<retain>``, ``holdout`` and ``world_facts``: the fall-backs.
+    """
+    return {"forget": (f"{options.forget}_perturbed", options.forget),
+            "retain": (RETAIN_PERTURBED, options.retain),
+            HOLDOUT: (holdout_split_of(options.forget), HOLDOUT),
+            WORLD_FACTS: (f"{WORLD_FACTS}_perturbed", WORLD_FACTS),
+            REAL_AUTHORS: (f"{REAL_AUTHORS}_perturbed",),
+            "canaries": ("canaries",)}
 
 
-def _has_split(directory: Path, split: str) -> bool:
-    return any((directory / f"{split}{s}").is_file() for s in SUFFIXES)
+def _tofu_roles(source, options: SuiteConfig) -> dict[str, list[dict]]:
+    """Each role's records from a directory without a manifest (TOFU's files, any of the
+    accepted forms) or, when ``source`` is not a local path, a hub id."""
+    out: dict[str, list[dict]] = {}
+    hub = tofu.is_hub_id(source)
+    for role, names in evaluation_splits(options).items():
+        if hub:  # the hub has TOFU's configs only: the preferred name of each role
+            if role != "canaries":
+                out[role] = tofu.load_split(source, names[0])
+            continue
+        found = next((n for n in names if tofu.has_split(source, n)), None)
+        if found is not None:
+            out[role] = tofu.load_split(source, found)
+        elif role in ("forget", "retain"):
+            raise DataError(f"{source}: has no split {' or '.join(names)} (data.{role})")
+    return out
 
 
 def benchmark_splits(benchmark, options: SuiteConfig) -> dict[str, list[dict]]:
     """``{"forget", "retain", "holdout", "world_facts", "canaries"} -> records``.
 
     ``benchmark`` is a directory (checked against its ``manifest.json`` when it has
-    one, else TOFU-style files are read split by split), a ``{split name: records}``
+    one, else TOFU's files are read role by role, :func:`evaluation_splits`), the hub id
+    ``locuslab/TOFU`` (or another with TOFU's configs), a ``{split name: records}``
     mapping (``tofu.load_benchmark``), a ``synthetic.Benchmark``, or this function's
     own output. forget and retain are required; the other splits are optional (their
     metrics are then skipped).
     """
     if isinstance(benchmark, (str, Path)):
         directory = Path(benchmark)
+        if tofu.is_hub_id(benchmark):
+            return _tofu_roles(str(benchmark), options)
         if not directory.is_dir():
             raise DataError(f"{directory}: no such benchmark directory")
-        if (directory / "manifest.json").is_file():
-            raw: Mapping[str, Sequence[dict]] = tofu.load_benchmark(directory)
-        else:
-            raw = {s: tofu.load_split(directory, s)
-                   for s in (options.forget, options.retain, *_OPTIONAL)
-                   if _has_split(directory, s)}
+        if not (directory / "manifest.json").is_file():
+            return _tofu_roles(directory, options)
+        raw: Mapping[str, Sequence[dict]] = tofu.load_benchmark(directory)
     elif isinstance(benchmark, Benchmark):
         raw = {**benchmark.splits, "canaries": benchmark.canaries}
     elif isinstance(benchmark, Mapping):
@@ -51,13 +80,12 @@ def benchmark_splits(benchmark, options: SuiteConfig) -> dict[str, list[dict]]:
         raise DataError(f"benchmark: expected a directory, a split mapping or a "
                         f"synthetic.Benchmark, got {type(benchmark).__name__}")
     out: dict[str, list[dict]] = {}
-    for role, name in (("forget", options.forget), ("retain", options.retain)):
-        if name not in raw:
-            raise DataError(f"benchmark: has no split {name!r} (data.{role})")
-        out[role] = list(raw[name])
-    for name in _OPTIONAL:
-        if name in raw:
-            out[name] = list(raw[name])
+    for role, names in evaluation_splits(options).items():  # the same table as for files
+        found = next((n for n in names if n in raw), None)
+        if found is not None:
+            out[role] = list(raw[found])
+        elif role in ("forget", "retain"):
+            raise DataError(f"benchmark: has no split {names[-1]!r} (data.{role})")
     return out
 
 

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jaxunlearn.data.batch import Encoded, encode_candidates, encode_prompt, encode_qa, \
-    encode_text
-from jaxunlearn.data.schema import CANARY_SPLITS, WORLD_FACTS
+from jaxunlearn.data.batch import DEFAULT_CHAT, ChatStyle, Encoded, encode_candidates, \
+    encode_prompt, encode_qa, encode_text
+from jaxunlearn.data.schema import CANARY_SPLITS, HOLDOUT, OPTION_SPLITS
 from jaxunlearn.data.synthetic import CANARY_FORMATS, sample_secret, secret_space_size
 from jaxunlearn.errors import DataError
 from jaxunlearn.eval import metrics
@@ -50,31 +50,48 @@ class QAPlan:
     answer: np.ndarray           # [N] indices
     para: np.ndarray             # [N] indices
     pert: list[np.ndarray]       # N arrays of K_i indices
+    mia_only: bool = False       # answers scored for MIA only (TOFU's holdout<NN>)
 
 
-def plan_qa(split: str, records: list[dict], tokenizer, seqs: SequenceList) -> QAPlan:
-    """Adds one QA split's answers, paraphrased answers and perturbed answers to ``seqs``."""
+def plan_qa(split: str, records: list[dict], tokenizer, seqs: SequenceList, *,
+            chat: ChatStyle = DEFAULT_CHAT) -> QAPlan:
+    """Adds one QA split's answers, paraphrased answers and perturbed answers to ``seqs``.
+
+    TOFU's ``holdout<NN>`` configs hold question and answer only: open-unlearning uses
+    them for membership inference alone, so a holdout without ``perturbed_answer``
+    anywhere is planned as answers only (no truth ratio, no generation).
+    """
+    if split == HOLDOUT and not any("perturbed_answer" in r for r in records):
+        answers = [encode_qa(tokenizer, need(r, "question", split, i, "the prompt"),
+                             need(r, "answer", split, i, "membership inference"), chat=chat)
+                   for i, r in enumerate(records)]
+        index = seqs.add(answers)
+        return QAPlan(split, records, [], index, index, [], mia_only=True)
     prompts, answers, paras, perts = [], [], [], []
     for i, rec in enumerate(records):
         q = need(rec, "question", split, i, "the prompt")
         a = need(rec, "answer", split, i, "probability and ROUGE")
         pert = need(rec, "perturbed_answer", split, i, "the truth ratio")
-        prompts.append(encode_prompt(tokenizer, q))
-        answers.append(encode_qa(tokenizer, q, a))
-        # World facts have no paraphrase in TOFU: their truth ratio uses the answer.
-        if split != WORLD_FACTS:
+        prompts.append(encode_prompt(tokenizer, q, chat=chat))
+        answers.append(encode_qa(tokenizer, q, a, chat=chat))
+        # World facts and real authors have no paraphrase in TOFU: their truth ratio uses
+        # the answer itself.
+        if split not in OPTION_SPLITS:
             paras.append(encode_qa(tokenizer, q, need(rec, "paraphrased_answer", split, i,
-                                                       "the truth ratio")))
-        perts.append(encode_candidates(tokenizer, q, pert))
+                                                       "the truth ratio"), chat=chat))
+        perts.append(encode_candidates(tokenizer, q, pert, chat=chat))
     answer = seqs.add(answers)
-    para = answer if split == WORLD_FACTS else seqs.add(paras)
+    para = answer if split in OPTION_SPLITS else seqs.add(paras)
     return QAPlan(split, records, prompts, answer, para, [seqs.add(p) for p in perts])
 
 
 def qa_numbers(plan: QAPlan, scores: SequenceScores, generations: list[str]) -> dict:
-    """Per-record arrays of one split: probability, truth ratio, ROUGE-L recall."""
+    """Per-record arrays of one split: probability, truth ratio, ROUGE-L recall (only the
+    probability for a MIA-only split)."""
     ans = scores.take(plan.answer)
     prob = metrics.answer_probability(ans.seq_logprob, ans.num_tokens)
+    if plan.mia_only:
+        return {"prob": prob}
     para = scores.mean_logprob[plan.para]
     # Mean over each record's own K perturbations (K may differ between records), so
     # truth_ratio sees [N, 1]: exp(mean_k pert_k - para).
@@ -83,8 +100,8 @@ def qa_numbers(plan: QAPlan, scores: SequenceScores, generations: list[str]) -> 
     rouge = np.asarray([metrics.rouge_l_recall(g, r["answer"])
                         for g, r in zip(generations, plan.records)])
     out = {"prob": prob, "truth_ratio": ratio, "rouge": rouge}
-    if plan.split == WORLD_FACTS:
-        # TOFU's world-facts probability is normalised over the answer options.
+    if plan.split in OPTION_SPLITS:
+        # TOFU's world-facts / real-authors probability is normalised over the options.
         out["norm_prob"] = np.asarray([
             metrics.normalized_probability(np.asarray([t]), p[None])[0]
             for t, p in zip(ans.mean_logprob, pert)])
@@ -194,7 +211,8 @@ def measure(model, tokenizer, qa: Mapping[str, list[dict]], canaries: list[dict]
         ``options.exposure_splits`` (the ranks exposure needs).
     """
     seqs = SequenceList()
-    plans = {split: plan_qa(split, records, tokenizer, seqs) for split, records in qa.items()}
+    plans = {split: plan_qa(split, records, tokenizer, seqs, chat=options.chat)
+             for split, records in qa.items()}
     cplan = (plan_canaries(canaries, tokenizer, seqs, options, exposure=exposure)
              if canaries else None)
     scores = score_sequences(model, seqs.encoded, pad_id=pad_id(tokenizer),
@@ -205,8 +223,8 @@ def measure(model, tokenizer, qa: Mapping[str, list[dict]], canaries: list[dict]
                           batch_size=options.batch_size)
     generations, generated_ids, start = {}, {}, 0
     for split, plan in plans.items():
-        part = ids[start:start + len(plan.records)]
-        start += len(plan.records)
+        part = ids[start:start + len(plan.prompts)]
+        start += len(plan.prompts)
         generated_ids[split] = part
         generations[split] = [tokenizer.decode(g, skip_special_tokens=True) for g in part]
     numbers = {split: qa_numbers(plan, scores, generations[split])

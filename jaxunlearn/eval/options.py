@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxunlearn.data.batch import DEFAULT_CHAT, ChatStyle
 from jaxunlearn.data.schema import CANARY_SPLITS
 from jaxunlearn.errors import UserError
 
@@ -14,8 +15,9 @@ __all__ = ["GROUPS", "QA_SPLITS", "CANARY_SPLITS", "SuiteConfig"]
 # (``eval.groups`` holds one module per group); "tofu" is always computed since every
 # eval.json entry needs forget_quality and model_utility.
 GROUPS = ("tofu", "mia", "canaries", "extraction", "knowledge")
-# The QA roles an evaluation reads: the forget and retain splits, holdout people, world facts.
-QA_SPLITS = ("forget", "retain", "holdout", "world_facts")
+# The QA roles an evaluation reads: the forget and retain splits, holdout people, world
+# facts and (TOFU) real authors.
+QA_SPLITS = ("forget", "retain", "holdout", "world_facts", "real_authors")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -25,9 +27,11 @@ class SuiteConfig:
     Attributes:
       forget, retain: split names in the benchmark (e.g. "forget10", "retain90").
       batch_size: rows per jitted call (scoring and decoding).
-      max_new_tokens: greedy answer length cap (ROUGE, KFR/KRR).
-      max_records: cap per QA split (an evenly spaced, deterministic subset; TOFU
-        likewise scores 400 of its 3,600 retain questions); None = every record.
+      max_new_tokens: greedy answer length cap (ROUGE, KFR/KRR); 200 as open-unlearning.
+      max_records: cap per QA split (an evenly spaced, deterministic subset); None =
+        every record, as open-unlearning (a KS p-value depends on the sample size).
+      chat: the system prompt and date the chat template renders (``data.system_prompt``,
+        ``data.date_string``).
       groups: metric groups from ``GROUPS``; "tofu" is always added.
       min_k: fraction of lowest tokens for Min-K% / Min-K%++ (0.4 as open-unlearning).
       el_n: n-gram size of extraction likelihood (10 as Jang et al.).
@@ -42,8 +46,8 @@ class SuiteConfig:
     forget: str = "forget10"
     retain: str = "retain90"
     batch_size: int = 32
-    max_new_tokens: int = 64
-    max_records: int | None = 200
+    max_new_tokens: int = 200
+    max_records: int | None = None
     groups: tuple[str, ...] = GROUPS
     min_k: float = 0.4
     el_n: int = 10
@@ -53,6 +57,7 @@ class SuiteConfig:
     extractable_ma: float = 0.60
     over_unlearned_ma: float = 0.15
     seed: int = 0
+    chat: ChatStyle = DEFAULT_CHAT
 
     def __post_init__(self):
         def positive(name):
@@ -98,7 +103,7 @@ class SuiteConfig:
         kwargs: dict[str, Any] = dict(
             forget=cfg.data.forget, retain=cfg.data.retain_split,
             batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-            seed=cfg.seed)
+            seed=cfg.seed, chat=cfg.data.chat)
         if cfg.eval.metrics:
             kwargs["groups"] = tuple(cfg.eval.metrics)
         if hasattr(cfg.eval, "max_records"):

@@ -95,11 +95,19 @@ class TofuResult:
     distributions: Mapping[str, Distribution] = dataclasses.field(default_factory=dict)
     samples: tuple[Sample, ...] = ()
     records: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # open-unlearning's extraction strength of the forget answers (Carlini et al. 2021's
+    # ES as open-unlearning computes it); None when not measured.
+    extraction_strength: Number = None
+    # Per QA role, the per-question numbers and texts open-unlearning's TOFU_EVAL.json
+    # holds (``eval.tofu_logs.tofu_eval_document``); not part of eval.json.
+    per_record: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> dict:
         out = {f"{split}_{kind}": getattr(s, kind)
                for split, s in self.splits.items() for kind in SplitScores.KINDS}
         out.update(forget_quality=self.forget_quality, model_utility=self.model_utility)
+        out.update(_present([("extraction_strength", self.extraction_strength)]))
         return out
 
     def details_json(self) -> dict:
@@ -124,6 +132,7 @@ class TofuResult:
         info = _mapping(d, "info", where)
         return cls(splits=splits, forget_quality=_number(d, "forget_quality", where),
                    model_utility=_number(d, "model_utility", where),
+                   extraction_strength=_number(d, "extraction_strength", where),
                    model_utility_keys=tuple(info.get("model_utility_keys") or ()),
                    distributions=dist, samples=samples,
                    records={k: v for k, v in _mapping(info, "records", where).items()

@@ -1,4 +1,5 @@
-"""``jaxunlearn eval --model [NAME=]PATH ... [--retain-model PATH]``: score saved models."""
+"""``jaxunlearn eval --model [NAME=]PATH ... [--logs NAME=PATH ...] [--retain-model PATH |
+--retain-logs PATH]``: score saved models, or read published per-question TOFU logs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 from jaxunlearn.errors import UserError
 from jaxunlearn.eval.options import SuiteConfig
+from jaxunlearn.eval.tofu_logs import TofuLogs, logs_result, read_tofu_logs
 from jaxunlearn.models import load_pretrained, load_tokenizer
+from jaxunlearn.models.io import is_hub_id, resolve_model_path
 from jaxunlearn.pipeline.evaluation import Evaluation
 from jaxunlearn.pipeline.provision import require_benchmark
 from jaxunlearn.train.mesh import from_config
@@ -17,7 +20,7 @@ from jaxunlearn.train.mesh import from_config
 __all__ = ["parse_model_args", "main_eval"]
 
 
-def parse_model_args(model_args: Sequence[str]) -> list[tuple[str, Path]]:
+def parse_model_args(model_args: Sequence[str], flag: str = "--model") -> list[tuple[str, Path]]:
     """``["NAME=PATH" | "PATH", ...]`` -> ``[(name, path)]``; the name defaults to the
     path's last component (without ``.gguf``). Paths must exist, names be unique."""
     out: list[tuple[str, Path]] = []
@@ -28,14 +31,14 @@ def parse_model_args(model_args: Sequence[str]) -> list[tuple[str, Path]]:
         else:
             name, path = "", Path(arg)
         if not str(path) or str(path) == ".":
-            raise UserError(f"--model {arg!r}: expected [NAME=]PATH")
+            raise UserError(f"{flag} {arg!r}: expected [NAME=]PATH")
         name = name or (path.stem if path.suffix == ".gguf" else path.name)
         if not name.strip() or any(c.isspace() for c in name):
-            raise UserError(f"--model {arg!r}: model name {name!r} must be a non-empty word")
-        if not path.exists():
-            raise UserError(f"--model {arg!r}: {path} does not exist")
+            raise UserError(f"{flag} {arg!r}: model name {name!r} must be a non-empty word")
+        if not path.exists() and not (flag == "--model" and is_hub_id(path)):
+            raise UserError(f"{flag} {arg!r}: {path} does not exist")
         if name in (n for n, _ in out):
-            raise UserError(f"--model {arg!r}: model name {name!r} is used twice")
+            raise UserError(f"{flag} {arg!r}: model name {name!r} is used twice")
         out.append((name, path))
     return out
 
@@ -52,28 +55,56 @@ def _tokenizer_source(cfg, model_path: Path) -> Path:
     return source
 
 
-def main_eval(cfg, model_args: Sequence[str], retain_model_path) -> int:
-    """Checks every path, tokenizer and the benchmark before loading any model; then
-    evaluates the retain model and each ``--model`` in order, one in memory at a time,
+def _print(name: str, result, seconds: float) -> None:
+    fq, mu = result.tofu.forget_quality, result.tofu.model_utility
+    print(f"{name}: forget_quality={'n/a' if fq is None else f'{fq:.3g}'} "
+          f"model_utility={'n/a' if mu is None else f'{mu:.3f}'} ({seconds:.1f} s)")
+
+
+def main_eval(cfg, model_args: Sequence[str], retain_model_path, *,
+              log_args: Sequence[str] = (), retain_logs_path=None) -> int:
+    """Checks every path, log file, tokenizer and the benchmark before loading any model;
+    then evaluates the retain model and each ``--model`` in order, one in memory at a time,
     by the rules of :class:`~jaxunlearn.pipeline.evaluation.Evaluation`, and writes
-    ``<output_dir>/eval.json`` and the report beside it."""
+    ``<output_dir>/eval.json`` and the report beside it.
+
+    ``--logs NAME=PATH`` adds a model known by its per-question logs (open-unlearning's
+    ``TOFU_EVAL.json`` or TOFU's ``eval_log_aggregated.json``, ``eval.tofu_logs``);
+    ``--retain-logs PATH`` is the retain reference in place of ``--retain-model``. With
+    logs only, no benchmark is read and no model loaded."""
     options = SuiteConfig.from_run_config(cfg)
     require_benchmark(cfg)
     models = parse_model_args(model_args)
-    if not models and retain_model_path is None:
-        raise UserError("eval: give at least one --model [NAME=]PATH")
+    logged = parse_model_args(log_args, "--logs")
+    if not models and not logged and retain_model_path is None and retain_logs_path is None:
+        raise UserError("eval: give at least one --model [NAME=]PATH or --logs NAME=PATH")
+    if retain_model_path is not None and retain_logs_path is not None:
+        raise UserError("eval: give --retain-model or --retain-logs, not both")
+    if "retain" in (n for n, _ in models + logged):
+        raise UserError("--model/--logs: the name 'retain' is reserved for the retain reference")
+    names = [n for n, _ in models + logged]
+    if len(set(names)) != len(names):
+        raise UserError(f"--model/--logs: a model name is used twice ({', '.join(names)})")
+    reference: TofuLogs | None = None
+    if retain_logs_path is not None:
+        if not Path(retain_logs_path).exists():
+            raise UserError(f"--retain-logs: {retain_logs_path} does not exist")
+        reference = read_tofu_logs(retain_logs_path)
+    read = [(name, read_tofu_logs(path)) for name, path in logged]  # every file, before work
     if retain_model_path is not None:
         retain_path = Path(retain_model_path)
         if not retain_path.exists():
             raise UserError(f"--retain-model: {retain_path} does not exist")
-        if "retain" in (n for n, _ in models):
-            raise UserError("--model: the name 'retain' is reserved for --retain-model")
         models = [("retain", retain_path)] + models
-    else:
-        print("jaxunlearn eval: no --retain-model, so forget_quality and privleak are null",
-              file=sys.stderr)
+    elif reference is None:
+        print("jaxunlearn eval: no --retain-model or --retain-logs, so forget_quality and "
+              "privleak are null", file=sys.stderr)
+    evaluation = Evaluation(cfg, cfg.data.benchmark if models else None, options)
+    models = [(name, resolve_model_path(path)) for name, path in models]  # hub ids: snapshots
     sources = {name: _tokenizer_source(cfg, path) for name, path in models}
-    evaluation = Evaluation(cfg, cfg.data.benchmark, options)
+    if reference is not None:
+        _print("retain", evaluation.add_logged("retain", logs_result(reference, reference),
+                                               reference=True), 0.0)
     for name, path in models:
         model, _ = load_pretrained(path)
         tokenizer = load_tokenizer(sources[name])
@@ -81,10 +112,10 @@ def main_eval(cfg, model_args: Sequence[str], retain_model_path) -> int:
             result = evaluation.add_retain(model, tokenizer)
         else:
             result = evaluation.add(name, model, tokenizer)
-        fq, mu = result.tofu.forget_quality, result.tofu.model_utility
-        print(f"{name}: forget_quality={'n/a' if fq is None else f'{fq:.3g}'} "
-              f"model_utility={mu:.3f} ({evaluation.seconds[name]:.1f} s)")
+        _print(name, result, evaluation.seconds[name])
         del model
+    for name, logs in read:
+        _print(name, evaluation.add_logged(name, logs_result(logs, reference)), 0.0)
     out_dir = Path(cfg.output_dir)
     report_path = evaluation.write(out_dir, mesh=from_config(cfg.mesh))
     print(f"wrote {out_dir / 'eval.json'} and {report_path}")

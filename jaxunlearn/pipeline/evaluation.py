@@ -12,7 +12,8 @@ Every command that evaluates (``demo``, ``eval``, ``run``) goes through
   the retain model included: it never saw the forget people, so its "after" numbers are
   the control, what the attack alone teaches a model that never knew them;
 * ``eval.json`` = ``{"config", "env", "models"}`` (plus ``timings`` when the command
-  measured them), written atomically, then ``report.md`` and the figures beside it.
+  measured them), written atomically, then ``report.md`` and the figures beside it, and
+  open-unlearning's ``TOFU/<name>/TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` per model.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jaxunlearn import report
+from jaxunlearn import report, storage
 from jaxunlearn.eval import attacks, suite
 from jaxunlearn.eval.inputs import benchmark_splits
 from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.eval.results import ForgetScores, ModelResult
+from jaxunlearn.eval.tofu_logs import TOFU_EVAL, TOFU_SUMMARY, tofu_eval_document, tofu_summary
 
 __all__ = ["Evaluation"]
 
@@ -38,14 +40,15 @@ class Evaluation:
     Args:
       cfg: the run's ``RunConfig`` (its ``eval`` section, and what ``eval.json`` records).
       benchmark: a benchmark directory, a ``synthetic.Benchmark`` or a split mapping
-        (``eval.inputs.benchmark_splits``), read and checked here, before any model.
+        (``eval.inputs.benchmark_splits``), read and checked here, before any model;
+        None when every result comes from logs (:meth:`add_logged`).
       options: what to compute (default: ``SuiteConfig.from_run_config(cfg)``).
     """
 
     def __init__(self, cfg, benchmark, options: SuiteConfig | None = None):
         self.cfg = cfg
         self.options = options or SuiteConfig.from_run_config(cfg)
-        self.data = benchmark_splits(benchmark, self.options)
+        self.data = None if benchmark is None else benchmark_splits(benchmark, self.options)
         self.results: dict[str, ModelResult] = {}
         self.seconds: dict[str, float] = {}
         self._reference: ModelResult | None = None
@@ -66,12 +69,27 @@ class Evaluation:
         self._reference = self._finish("retain", model, tokenizer, own, None, start)
         return self._reference
 
+    def add_logged(self, name: str, result: ModelResult, *, reference: bool = False) -> ModelResult:
+        """Adds a result read from published logs (``eval.tofu_logs``); with
+        ``reference=True`` it is the retain model's, the reference of models added later."""
+        if name in self.results:
+            raise ValueError(f"Evaluation.add_logged: model name {name!r} is taken")
+        if reference:
+            if self.results:
+                raise ValueError("Evaluation.add_logged: the retain reference must come first")
+            self._reference = result
+        self.results[name] = result
+        self.seconds[name] = 0.0
+        return result
+
     def add(self, name: str, model, tokenizer, *,
             unlearn: Mapping[str, Any] | None = None) -> ModelResult:
         """Evaluates ``model`` against the retain model (when added) under ``name``;
         ``unlearn``: how it was made (method, schedule, loss curve), kept in its entry."""
         if name in self.results or name == "retain":
             raise ValueError(f"Evaluation.add: model name {name!r} is taken")
+        if self.data is None:
+            raise ValueError("Evaluation.add: no benchmark was given")
         start = time.perf_counter()
         result = suite.evaluate_data(model, tokenizer, self.data, self.options,
                                      reference=self._reference)
@@ -104,4 +122,19 @@ class Evaluation:
         (``report.write_outputs``: all of them or none); returns the path of ``report.md``."""
         out = Path(out_dir)
         document = self.to_json(mesh=mesh, config=config, timings=timings)
-        return report.write_outputs(document, out)
+        path = report.write_outputs(document, out)
+        self.write_open_unlearning(out)
+        return path
+
+    def write_open_unlearning(self, out_dir: str | Path) -> None:
+        """Per model, open-unlearning's files: ``<out_dir>/TOFU/<name>/TOFU_SUMMARY.json``
+        and, for a measured model, ``TOFU_EVAL.json`` with every question (which its
+        scripts and ``eval --retain-logs <out_dir>/TOFU/retain`` read)."""
+        for name, result in self.results.items():
+            folder = Path(out_dir) / "TOFU" / name
+            with storage.staged_files(folder, "tofu") as tmp:
+                storage.write_json(tmp / TOFU_SUMMARY, tofu_summary(result), indent=4)
+                if result.tofu.per_record:
+                    storage.write_json(tmp / TOFU_EVAL,
+                                       tofu_eval_document(result, result.tofu.per_record),
+                                       indent=4)

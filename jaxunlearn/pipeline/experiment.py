@@ -5,12 +5,17 @@ An experiment YAML is a run config (see ``jaxunlearn.config``) plus a few keys o
   description: one line
   reproduces:  what published table/figure it reproduces (free text)
   expected:    the published numbers, e.g. {forget_quality: 0.02, model_utility: 0.46}
-  requires:    dotted keys the user must set on the command line (e.g. [model.path])
+  requires:    keys the user must set on the command line (e.g. [model.path]); ``a|b``
+               means either
   stages:      ordered subset of [train_target, train_retain, unlearn, eval]
+  retain_logs: the retain model's per-question logs (open-unlearning's TOFU_EVAL.json or
+               TOFU's eval_log_aggregated.json): forget quality's reference
+  retain_model: a retain model to evaluate as that reference instead
 
 ``train_*`` stages fine-tune from ``model`` on the (synthetic) benchmark and feed the
 result to the next stage; ``unlearn`` unlearns ``data.forget`` with ``method``; ``eval``
-scores the unlearned model (and the target/retain models when they are known).
+scores the unlearned model (and the target/retain models when they are known) and prints
+our figures beside ``expected``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ __all__ = ["STAGES", "read_experiment", "run_experiment"]
 
 STAGES = ("train_target", "train_retain", "unlearn", "eval")
 _META = EXPERIMENT_KEYS
+_REFERENCES = ("retain_logs", "retain_model")  # meta keys also given as key=value
 
 
 def read_experiment(path: Path, overrides: Sequence[str]) -> tuple[RunConfig, dict]:
@@ -49,12 +55,25 @@ def read_experiment(path: Path, overrides: Sequence[str]) -> tuple[RunConfig, di
         raise ConfigError(f"{path}: stages must be a non-empty list drawn from {list(STAGES)}, "
                           f"got {stages!r}")
     meta["stages"] = stages
-    given = {o.split("=", 1)[0].strip() for o in overrides if "=" in o}
+    rest = []
+    for o in overrides:  # retain_logs=PATH / retain_model=PATH: the experiment's, not the config's
+        key, sep, value = o.partition("=")
+        if sep and key.strip() in _REFERENCES:
+            meta[key.strip()] = value
+        else:
+            rest.append(o)
+    given = {o.split("=", 1)[0].strip() for o in rest if "=" in o}
+    given |= {k for k in _REFERENCES if meta.get(k)}
     for key in meta.get("requires", []):
-        if key not in given:
-            raise ConfigError(f"{path}: this experiment needs {key}=... on the command line "
-                              f"({meta.get('description', '')})")
-    cfg = load_config(None, overrides, base=raw)
+        if not any(k in given for k in str(key).split("|")):
+            raise ConfigError(f"{path}: this experiment needs {key.replace('|', '=... or ')}=... "
+                              f"on the command line ({meta.get('description', '')})")
+    if meta.get("retain_logs") and meta.get("retain_model"):
+        raise ConfigError(f"{path}: give retain_logs or retain_model, not both")
+    for key in _REFERENCES:
+        if meta.get(key) and not Path(str(meta[key])).exists():
+            raise ConfigError(f"{path}: {key}: {meta[key]} does not exist")
+    cfg = load_config(None, rest, base=raw)
     return cfg, meta
 
 
@@ -72,21 +91,48 @@ def run_experiment(path: Path, overrides: Sequence[str]) -> int:
     elif cfg.model.path:
         models["target"] = cfg.model.path
     if "train_retain" in stages:
-        base = load_config(None, overrides, base=_strip_meta(path))
+        base = load_config(None, [o for o in overrides if o.partition("=")[0] not in _REFERENCES],
+                           base=_strip_meta(path))
         retain_path = train_model(base, which="retain")
+        models["retain"] = str(retain_path)
+    elif meta.get("retain_model"):
+        retain_path = Path(meta["retain_model"])
         models["retain"] = str(retain_path)
     if "unlearn" in stages:
         out = run_unlearning(cfg)
         models[cfg.method.get("name", "unlearned")] = str(out)
     if "eval" in stages:
         named = [f"{name}={p}" for name, p in models.items() if name != "retain"]
-        code = main_eval(cfg, named, retain_path)
+        code = main_eval(cfg, named, retain_path, retain_logs_path=meta.get("retain_logs"))
         if code:
             return code
     summary = {"experiment": str(path), "stages": stages, "models": models,
                "expected": meta.get("expected")}
+    if "eval" in stages:
+        name = cfg.method.get("name") if "unlearn" in stages else "target"
+        summary["measured"] = measured(Path(cfg.output_dir) / "eval.json", name,
+                                       meta.get("expected") or {})
+        print(beside_expected(name, summary["measured"], meta.get("expected") or {}))
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def measured(eval_json: Path, name: str, expected: dict) -> dict:
+    """Our figures for the keys of ``expected`` (and forget quality / model utility), from
+    the ``models.<name>`` entry of ``eval.json``."""
+    entry = json.loads(eval_json.read_text(encoding="utf-8"))["models"].get(name, {})
+    keys = list(dict.fromkeys(["forget_quality", "model_utility", *expected]))
+    return {k: entry.get(k) for k in keys}
+
+
+def beside_expected(name: str, ours: dict, expected: dict) -> str:
+    """A small table: each metric, our figure and the published one."""
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3g}" if isinstance(v, (int, float)) else str(v)
+
+    lines = [f"{name}: metric / ours / expected:"]
+    lines += [f"  {k:<22} {fmt(v):>10} {fmt(expected.get(k)):>10}" for k, v in ours.items()]
+    return "\n".join(lines)
 
 
 def _strip_meta(path: Path) -> dict:

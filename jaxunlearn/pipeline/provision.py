@@ -23,6 +23,7 @@ from jaxunlearn.data import synthetic, tofu
 from jaxunlearn.data import tokenizer as tok_lib
 from jaxunlearn.errors import UserError
 from jaxunlearn.models import Llama, load_pretrained, load_tokenizer
+from jaxunlearn.models.io import resolve_model_path
 from jaxunlearn.models.presets import get_preset, smollm2_gguf_path
 from jaxunlearn.report import env_info
 from jaxunlearn.train import budget
@@ -109,7 +110,7 @@ def model_path(cfg) -> Path | None:
         return None
     if cfg.model.path == "smollm2-135m":
         return Path(smollm2_gguf_path())
-    return Path(cfg.model.path)
+    return resolve_model_path(cfg.model.path)  # a hub id: its local snapshot
 
 
 def resolve_tokenizer(cfg, benchmark: Path):

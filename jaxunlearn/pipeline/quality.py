@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxunlearn.data.batch import encode_prompt, encode_text
+from jaxunlearn.data.batch import DEFAULT_CHAT, ChatStyle, encode_prompt, encode_text
 from jaxunlearn.eval.generate import generate_texts
 from jaxunlearn.eval.metrics import rouge_l_recall
 
@@ -73,7 +73,8 @@ def _canary_scores(texts, heads, canaries) -> dict[str, dict[str, float]]:
 
 
 def model_quality(model, tokenizer, bench, *, forget_split: str, retain_split: str,
-                  max_new_tokens: int, batch_size: int, max_items: int = 200) -> dict:
+                  max_new_tokens: int, batch_size: int, max_items: int = 200,
+                  chat: ChatStyle = DEFAULT_CHAT) -> dict:
     """What a trained model knows, from greedy decoding:
 
     * ``forget`` / ``retain`` / ``world``: ROUGE-L recall of the answer (and the fraction
@@ -86,7 +87,7 @@ def model_quality(model, tokenizer, bench, *, forget_split: str, retain_split: s
     n = max(len(forget), 20)
     parts = {"forget": forget, "retain": _spread(bench.splits[retain_split], n),
              "world": _spread(bench.splits["world_facts"], n)}
-    prompts = [encode_prompt(tokenizer, r["question"]).tolist()
+    prompts = [encode_prompt(tokenizer, r["question"], chat=chat).tolist()
                for recs in parts.values() for r in recs]
     c_prompts, heads = canary_prompts(tokenizer, bench.canaries)
     need = max(len(tokenizer(c["secret"], add_special_tokens=False)["input_ids"])

@@ -86,9 +86,10 @@ def _run_epochs(train, rows: int, bench, which: str, forget_split: str) -> int:
     return max(1, math.ceil(train.steps * rows / n))
 
 
-def encode_documents(tokenizer, items, *, max_len: int, truncate: bool):
+def encode_documents(tokenizer, items, *, max_len: int, truncate: bool,
+                     chat: batch_lib.ChatStyle = batch_lib.DEFAULT_CHAT):
     """``TrainItem`` s -> ``Encoded``: QA counts answer + eos, text counts every token."""
-    encoded = [batch_lib.encode_qa(tokenizer, it.prompt, it.text) if it.kind == "qa"
+    encoded = [batch_lib.encode_qa(tokenizer, it.prompt, it.text, chat=chat) if it.kind == "qa"
                else batch_lib.encode_text(tokenizer, it.text) for it in items]
     return batch_lib.check_lengths(encoded, max_len, truncate=truncate)
 
@@ -113,7 +114,8 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     out, ckpt_dir = _paths(cfg, which, bench_dir, tokenizer)
     bench = synthetic.read_benchmark(bench_dir)
     quality_kw = dict(forget_split=cfg.data.forget, retain_split=cfg.data.retain_split,
-                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+                      chat=cfg.data.chat)
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         print(f"reusing the {which} model in {out}", file=sys.stderr)
         if not (out / QUALITY_FILE).is_file():
@@ -129,7 +131,7 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     rows = t.batch_size * t.grad_accum
     items = synthetic.training_documents(bench, which, forget_split=cfg.data.forget,
                                          epochs=_run_epochs(t, rows, bench, which, cfg.data.forget))
-    encoded = encode_documents(tokenizer, items, max_len=cfg.data.max_len,
+    encoded = encode_documents(tokenizer, items, max_len=cfg.data.max_len, chat=cfg.data.chat,
                                truncate=cfg.data.truncate)
     # RoPE would extrapolate past the model's positions without a word.
     check_context([e.length for e in encoded], config, what=f"{which} training sequences")

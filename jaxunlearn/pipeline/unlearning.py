@@ -13,12 +13,14 @@ from pathlib import Path
 
 from jaxunlearn import methods, storage, validate
 from jaxunlearn.data import tofu
+from jaxunlearn.data.schema import holdout_split_of
 from jaxunlearn.data.forget_retain import prepare_data
 from jaxunlearn.errors import DataError, UserError
 from jaxunlearn.methods import runner
 from jaxunlearn.models import load_tokenizer, save_pretrained
 from jaxunlearn.eval import progress as progress_eval
 from jaxunlearn.models import load_pretrained
+from jaxunlearn.models.io import is_hub_id, resolve_model_path
 from jaxunlearn.pipeline.progress import ProgressMonitor
 from jaxunlearn.pipeline.provision import build_model, provenance, require_benchmark
 from jaxunlearn.pipeline.training import model_dir
@@ -32,6 +34,8 @@ __all__ = ["target_path", "retain_reference_path", "run_unlearning"]
 def target_path(cfg) -> Path:
     """``model.path``, else the target ``jaxunlearn train`` made for this config."""
     if cfg.model.path:
+        if is_hub_id(cfg.model.path):
+            return resolve_model_path(cfg.model.path)  # its snapshot, or one line why not
         path = Path(cfg.model.path)
         if not path.exists():
             raise UserError(f"model.path: {path} does not exist")
@@ -125,7 +129,8 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     tokenizer = load_tokenizer(cfg.data.tokenizer or path)
     prepared = prepare_data(tokenizer, forget, retain, views=getattr(method, "forget_views",
                                                                      ("answer",)),
-                            max_len=cfg.data.max_len, truncate=cfg.data.truncate)
+                            max_len=cfg.data.max_len, truncate=cfg.data.truncate,
+                            chat=cfg.data.chat)
     model, config = build_model(dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, path=str(path))), tokenizer)
     method.check_model(config)
@@ -142,10 +147,14 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     t0 = time.perf_counter()
     never_seen = ()
     if isinstance(method, methods.ProcedureMethod):
-        try:  # the holdout people: never trained on, same kind of records as the forget set
-            never_seen = tofu.load_split(bench, "holdout")
-        except DataError:
-            never_seen = ()
+        # the holdout people: never trained on, same kind of records as the forget set
+        # (TOFU's holdout<NN> beside forget<NN>, else our benchmark's holdout)
+        for name in (holdout_split_of(cfg.data.forget), "holdout"):
+            try:
+                never_seen = tofu.load_split(bench, name)
+                break
+            except DataError:
+                never_seen = ()
     with tracking.Tracker(log_dir, kind=cfg.train.tracker, name=f"unlearn-{method.name}",
                           config=cfg.to_dict(), fresh=not resume) as tracker:
         result = runner.unlearn_model(
