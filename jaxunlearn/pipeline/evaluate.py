@@ -51,6 +51,22 @@ def _tokenizer_source(cfg, model_path: Path) -> Path:
     return source
 
 
+def _number(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _headline(result) -> str:
+    """The one line printed per model: MUSE's four numbers, else TOFU's FQ and MU."""
+    if result.muse is not None:
+        m = result.muse
+        return (f"forget_verbmem_ROUGE={_number(m.forget_verbmem_rouge, '.3f')} "
+                f"forget_knowmem_ROUGE={_number(m.forget_knowmem_rouge, '.3f')} "
+                f"retain_knowmem_ROUGE={_number(m.retain_knowmem_rouge, '.3f')} "
+                f"privleak={_number(m.privleak, '.2f')}")
+    return (f"forget_quality={_number(result.tofu.forget_quality, '.3g')} "
+            f"model_utility={_number(result.tofu.model_utility, '.3f')}")
+
+
 def main_eval(cfg, model_args: Sequence[str], retain_model_path) -> int:
     """Checks every path, tokenizer and the benchmark before loading any model; then
     evaluates the retain model and each ``--model`` in order, one in memory at a time,
@@ -67,11 +83,18 @@ def main_eval(cfg, model_args: Sequence[str], retain_model_path) -> int:
         if "retain" in (n for n, _ in models):
             raise UserError("--model: the name 'retain' is reserved for --retain-model")
         models = [("retain", retain_path)] + models
-    else:
-        print("jaxunlearn eval: no --retain-model, so forget_quality and privleak are null",
-              file=sys.stderr)
     sources = {name: _tokenizer_source(cfg, path) for name, path in models}
     evaluation = Evaluation(cfg, cfg.data.benchmark, options)
+    if evaluation.is_muse:
+        if retain_model_path is None:
+            print("jaxunlearn eval: no --retain-model, so privleak is relative to AUC 0.5 "
+                  "(open-unlearning's default)", file=sys.stderr)
+        if cfg.eval.attacks:
+            print("jaxunlearn eval: eval.attacks: not run on MUSE (the attacks relearn "
+                  "QA splits)", file=sys.stderr)
+    elif retain_model_path is None:
+        print("jaxunlearn eval: no --retain-model, so forget_quality and privleak are null",
+              file=sys.stderr)
     for name, path in models:
         model, _ = load_pretrained(path)
         tokenizer = load_tokenizer(sources[name])
@@ -79,9 +102,7 @@ def main_eval(cfg, model_args: Sequence[str], retain_model_path) -> int:
             result = evaluation.add_retain(model, tokenizer)
         else:
             result = evaluation.add(name, model, tokenizer)
-        fq, mu = result.tofu.forget_quality, result.tofu.model_utility
-        print(f"{name}: forget_quality={'n/a' if fq is None else f'{fq:.3g}'} "
-              f"model_utility={mu:.3f} ({evaluation.seconds[name]:.1f} s)")
+        print(f"{name}: {_headline(result)} ({evaluation.seconds[name]:.1f} s)")
         del model
     out_dir = Path(cfg.output_dir)
     report_path = evaluation.write(out_dir, mesh=from_config(cfg.mesh))
