@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxunlearn.data.batch import Encoded
-from jaxunlearn.data.schema import SUFFIXES, check_str
+from jaxunlearn.data.schema import MUSE_FIELDS, SUFFIXES, check_str
 from jaxunlearn.data.tofu import read_records, validate_records
 from jaxunlearn.errors import DataError
 
@@ -54,9 +54,7 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "knowmem": ("forget_qa", "forget_qa_icl", "retain_qa", "retain_qa_icl"),
     "privleak": ("forget", "retain", "holdout"),
 }
-FIELDS: dict[str, tuple[str, ...]] = {
-    "raw": ("text",), "verbmem": ("prompt", "gt"), "knowmem": ("question", "answer"),
-    "privleak": ("text",)}
+FIELDS: dict[str, tuple[str, ...]] = MUSE_FIELDS
 # MUSE-Books' older split names, tried when the current one is absent.
 _ALIASES = {"retain_qa": "retain2_qa", "retain_qa_icl": "retain2_qa_icl"}
 
@@ -117,11 +115,14 @@ def load_muse_split(source: str | os.PathLike, config: str, split: str) -> list[
                             f"{', '.join(HUB_IDS)})")
         try:
             rows, label = _hub_split(str(source), config, split), f"hub:{source}/{config}/{split}"
-        except DataError:
+        except DataError as first:
             if split not in _ALIASES:
                 raise
             old = _ALIASES[split]
-            rows, label = _hub_split(str(source), config, old), f"hub:{source}/{config}/{old}"
+            try:
+                rows, label = _hub_split(str(source), config, old), f"hub:{source}/{config}/{old}"
+            except DataError:
+                raise first from None
         items = ((f"record {i + 1}", r) for i, r in enumerate(rows))
         records = validate_records(items, label, fields=checks, required=required)
     else:
@@ -129,10 +130,7 @@ def load_muse_split(source: str | os.PathLike, config: str, split: str) -> list[
         if file is None:
             raise DataError(f"{path / config}: split '{split}': no {split}.json, .jsonl or "
                             ".parquet file")
-        records = read_records(file, split=f"muse_{config}", required=required)
-        # read_records checks the QA schema's known fields; MUSE's own are checked here.
-        records = validate_records(((f"record {i + 1}", r) for i, r in enumerate(records)),
-                                   str(file), fields=checks, required=required)
+        records = read_records(file, split=f"muse_{config}")  # schema kind muse_<config>
     return [{f: r[f] for f in required} for r in records]
 
 
