@@ -130,6 +130,29 @@ def test_missing_split_unknown_names_and_offline_hub_id(tmp_path):
         muse.load_muse_split("muse-bench/MUSE-News", "knowmem", "retain_qa")
 
 
+def test_hub_id_goes_through_datasets_with_config_and_split(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+    splits = muse_splits()
+    splits["knowmem"]["retain2_qa"] = splits["knowmem"].pop("retain_qa")  # Books' old name
+
+    def load_dataset(path, name, split):
+        calls.append((path, name, split))
+        if split not in splits[name]:
+            raise ValueError(f"Unknown split {split!r}")
+        return splits[name][split]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    data = muse.load_muse_eval("muse-bench/MUSE-Books")
+    assert ("muse-bench/MUSE-Books", "verbmem", "forget") in calls
+    assert ("muse-bench/MUSE-Books", "knowmem", "retain2_qa") in calls
+    assert data.retain_qa == tuple(splits["knowmem"]["retain2_qa"])
+    splits["privleak"]["holdout"] = [{"text": 5}]
+    with pytest.raises(DataError, match=r"hub:muse-bench/MUSE-Books/privleak/holdout: record 1: "
+                                        r"field 'text': expected a string"):
+        muse.load_muse_eval("muse-bench/MUSE-Books")
+
+
 # ------------------------------------------------------------------------------ encodings
 
 
