@@ -200,6 +200,16 @@ def _markdown(data: Mapping, models: Mapping[str, ModelResult], figures: Sequenc
                   "sampled candidate secrets (their sec. 4.2), capped at log2|R|. The "
                   "sampled-rank estimate (`exposure_rank` in eval.json) saturates at log2|R| "
                   "whenever the secret beats every sample (`exposure_censored`)."]
+    muse_rows = [[n] + [_fmt(v, k) for v, k in (
+        (m.forget_verbmem_rouge, "f3"), (m.forget_knowmem_rouge, "f3"),
+        (m.retain_knowmem_rouge, "f3"), (m.privleak, "pct"), (m.extraction_strength, "f3"))]
+        for n in names if (m := models[n].muse) is not None]
+    if muse_rows:
+        lines += ["", "## MUSE (as open-unlearning)", ""]
+        lines += _table(["model", "verbmem_f ↓", "knowmem_f ↓", "knowmem_r ↑", "PrivLeak →0",
+                         "ES ↓"], muse_rows)
+        lines += ["", "ROUGE-L F1 of greedy continuations (verbmem) and answers (knowmem); "
+                  "PrivLeak: Min-K% AUC gap to the retain model in % (to AUC 0.5 without one)."]
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in figures]

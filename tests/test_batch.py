@@ -23,7 +23,7 @@ from jaxunlearn.data.batch import (
     prompt_batch,
     steps_per_epoch,
 )
-from jaxunlearn.data.batch import ChatStyle, encode_prompt
+from jaxunlearn.data.batch import ChatStyle
 from jaxunlearn.errors import DataError
 from jaxunlearn.data.tokenizer import train_tokenizer
 

@@ -2,7 +2,10 @@
 
 Forget records are encoded once per *view* a method reads: ``answer`` (the record's
 answer) and, for IdkDPO, ``idk`` (the same question with the record's ``idk_answer``, or
-a fixed refusal). Each split is padded to one bucket length (``T_f`` / ``T_r``), so a
+a fixed refusal). Document records (``{"text": ...}``, e.g. MUSE's ``raw/forget`` cut by
+``data.muse.pretraining_chunks``) are encoded whole as open-unlearning's pretraining
+data (``data.muse.encode_completion``: bos + text, every token after the bos counted)
+and have only the ``answer`` view. Each split is padded to one bucket length (``T_f`` / ``T_r``), so a
 run compiles one step shape.
 
 Update ``s`` of epoch ``e`` takes forget rows ``epoch_rows(N_f, rows, seed, e)[s]``
@@ -21,9 +24,11 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxunlearn.data import batch as batch_lib
+from jaxunlearn.data.muse import encode_completion
 from jaxunlearn.errors import DataError
 
-__all__ = ["IDK_FALLBACK", "VIEW_FIELDS", "Prepared", "prepare_data", "PairedSchedule"]
+__all__ = ["IDK_FALLBACK", "VIEW_FIELDS", "Prepared", "is_document_split", "prepare_data",
+           "PairedSchedule"]
 
 # Refusals for forget records without an ``idk_answer`` (real TOFU files); record i gets
 # IDK_FALLBACK[i % len]: deterministic, and varied so IdkDPO does not learn one string.
@@ -60,6 +65,21 @@ def _view_records(records: Sequence[Mapping], view: str) -> list[dict]:
     return out
 
 
+def is_document_split(records: Sequence[Mapping]) -> bool:
+    """True when the records are documents (a ``text`` field and no ``question``)."""
+    return bool(records) and all("text" in r and "question" not in r for r in records)
+
+
+def _encode(tokenizer, records: Sequence[Mapping], view: str, max_len: int,
+            chat: batch_lib.ChatStyle) -> list:
+    if not is_document_split(records):
+        return batch_lib.encode_qa_records(tokenizer, _view_records(records, view), chat=chat)
+    if view != "answer":
+        raise DataError(f"the {view!r} view needs question/answer records; these are "
+                        "documents (text only)")
+    return [encode_completion(tokenizer, "", r["text"], max_length=max_len)[0] for r in records]
+
+
 def prepare_data(tokenizer, forget_records: Sequence[Mapping], retain_records: Sequence[Mapping],
                  *, views: Sequence[str] = ("answer",), max_len: int,
                  truncate: bool = False,
@@ -75,14 +95,13 @@ def prepare_data(tokenizer, forget_records: Sequence[Mapping], retain_records: S
     forget = {}
     for view in views:
         try:
-            enc = batch_lib.encode_qa_records(tokenizer, _view_records(forget_records, view),
-                                              chat=chat)
+            enc = _encode(tokenizer, forget_records, view, max_len, chat)
             forget[view] = batch_lib.check_lengths(enc, max_len, truncate=truncate)
         except DataError as e:
             raise DataError(f"forget split ({view} view): {e}") from None
     try:
         retain = batch_lib.check_lengths(
-            batch_lib.encode_qa_records(tokenizer, retain_records, chat=chat), max_len,
+            _encode(tokenizer, retain_records, "answer", max_len, chat), max_len,
             truncate=truncate)
     except DataError as e:
         raise DataError(f"retain split: {e}") from None

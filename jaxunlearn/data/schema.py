@@ -22,7 +22,7 @@ __all__ = [
     "MANIFEST", "SUFFIXES", "REAL_AUTHORS", "OPTION_SPLITS", "TOFU_CONFIGS", "RETAIN_PERTURBED",
     "holdout_split_of", "FieldCheck", "RecordKind", "QA_FIELDS", "QA_REQUIRED", "NONBLANK",
     "CANARY_FIELDS", "BIOGRAPHY_FIELDS", "record_kind", "retain_split_of", "check_str",
-    "check_int", "check_str_list",
+    "check_int", "check_str_list", "MUSE_FIELDS",
 ]
 
 # forget split -> the share of people it forgets; the one table of forget/retain pairs.
@@ -158,3 +158,10 @@ _QA_KIND = RecordKind(QA_FIELDS, QA_REQUIRED, None)
 def record_kind(split: str) -> RecordKind:
     """The schema of a split's records: canaries, biographies, else QA."""
     return _KINDS.get(split, _QA_KIND)
+
+
+# MUSE's records (``data.muse``), one kind per config: every field a required string.
+MUSE_FIELDS = {"raw": ("text",), "verbmem": ("prompt", "gt"), "knowmem": ("question", "answer"),
+               "privleak": ("text",)}
+_KINDS.update({f"muse_{config}": RecordKind({f: check_str for f in fields}, fields, None)
+               for config, fields in MUSE_FIELDS.items()})

@@ -194,7 +194,7 @@ def has_split(directory: str | os.PathLike, split: str) -> bool:
 
 def is_hub_id(source: str | os.PathLike) -> bool:
     """``owner/name`` that is not a local path (then ``datasets.load_dataset`` reads it)."""
-    return not Path(source).exists() and _looks_like_hub_id(str(source))
+    return not Path(source).exists() and looks_like_hub_id(str(source))
 
 
 def _merge_perturbed(base: list[dict], extra: list[dict], source: str) -> list[dict]:

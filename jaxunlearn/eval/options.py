@@ -12,9 +12,10 @@ from jaxunlearn.errors import UserError
 __all__ = ["GROUPS", "QA_SPLITS", "CANARY_SPLITS", "SuiteConfig"]
 
 # Metric groups a run may select (``eval.metrics``), in the order they are computed
-# (``eval.groups`` holds one module per group); "tofu" is always computed since every
+# (``eval.groups`` holds one module per group); "muse" runs on a MUSE source only, in place
+# of the others; elsewhere "tofu" is always computed since every
 # eval.json entry needs forget_quality and model_utility.
-GROUPS = ("tofu", "mia", "canaries", "extraction", "knowledge")
+GROUPS = ("tofu", "mia", "canaries", "extraction", "knowledge", "muse")
 # The QA roles an evaluation reads: the forget and retain splits, holdout people, world
 # facts and (TOFU) real authors.
 QA_SPLITS = ("forget", "retain", "holdout", "world_facts", "real_authors")

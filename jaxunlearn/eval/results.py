@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from jaxunlearn.data.schema import CANARY_SPLITS
 from jaxunlearn.errors import UserError
+from jaxunlearn.eval.muse_results import MuseResult
 from jaxunlearn.eval.options import QA_SPLITS
 
 __all__ = ["MIA_ATTACKS", "SplitScores", "Distribution", "Sample", "TofuResult", "MIAResult",
@@ -403,6 +404,7 @@ class ModelResult:
     canaries: CanaryResult | None = None
     extraction: ExtractionResult | None = None
     knowledge: KnowledgeResult | None = None
+    muse: MuseResult | None = None
     attacks: Mapping[str, AttackResult] | None = None
     seconds: Number = None
     unlearn: Mapping[str, Any] | None = None
@@ -410,7 +412,7 @@ class ModelResult:
     def to_json(self) -> dict:
         """The ``models.<name>`` entry of eval.json."""
         out = self.tofu.to_json()
-        for group in (self.mia, self.canaries, self.extraction, self.knowledge):
+        for group in (self.mia, self.canaries, self.extraction, self.knowledge, self.muse):
             if group is not None:
                 out.update(group.to_json())
         if self.extraction is not None and "canaries" in out:
@@ -444,6 +446,7 @@ class ModelResult:
                    canaries=CanaryResult.from_json(d, where),
                    extraction=ExtractionResult.from_json(d, where),
                    knowledge=KnowledgeResult.from_json(d, where),
+                   muse=MuseResult.from_json(d, where),
                    attacks={name: AttackResult.from_json(a, f"{where}.attacks.{name}")
                             for name, a in attacks.items() if isinstance(a, Mapping)}
                    if "attacks" in d else None,

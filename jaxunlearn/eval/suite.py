@@ -11,7 +11,9 @@ the measurement with each selected metric group (``eval.groups``), in order:
 * ``canaries``: MA, secret accuracy, extraction, ES, exposure per repetition count
   (Carlini et al. 2019; Jang et al. 2023);
 * ``extraction``: EL_n of the canaries (Jang et al. 2023);
-* ``knowledge``: ReLearn's KFR / KRR and Linguistic Score (Xu et al. 2025).
+* ``knowledge``: ReLearn's KFR / KRR and Linguistic Score (Xu et al. 2025);
+* ``muse``: on a MUSE source (``data.muse.MuseEvalData``) instead of all the above:
+  VerbMem, KnowMem, PrivLeak, extraction strength (Shi et al. 2024), as open-unlearning.
 
 Definitions and the few deliberate differences are documented in each group's module.
 """
@@ -22,23 +24,47 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
+from jaxunlearn.data.muse import MuseEvalData, is_muse_source, load_muse_eval
 from jaxunlearn.eval.groups import REGISTRY, GroupInputs
 from jaxunlearn.eval.groups import mia as mia_group
+from jaxunlearn.eval.groups import muse as muse_group
 from jaxunlearn.eval.groups import tofu as tofu_group
 from jaxunlearn.eval.groups.canaries import canary_numbers, summarize
 from jaxunlearn.eval.inputs import benchmark_splits, subset
 from jaxunlearn.eval.measure import measure
 from jaxunlearn.eval.options import QA_SPLITS, SuiteConfig
-from jaxunlearn.eval.results import ForgetScores, ModelResult
+from jaxunlearn.eval.results import ForgetScores, ModelResult, TofuResult
 
-__all__ = ["SuiteConfig", "benchmark_splits", "subset", "evaluate_model", "evaluate_data",
-           "own_reference", "evaluate_forget"]
+__all__ = ["SuiteConfig", "benchmark_splits", "subset", "load_data", "evaluate_model",
+           "evaluate_data", "own_reference", "evaluate_forget"]
 
 
-def evaluate_data(model, tokenizer, data: Mapping[str, list[dict]], options: SuiteConfig, *,
-                  retain_truth_ratios=None, reference: ModelResult | None = None, judge=None,
+def load_data(benchmark, options: SuiteConfig) -> dict[str, list[dict]] | MuseEvalData:
+    """What :func:`evaluate_data` reads: MUSE's splits when ``benchmark`` is a MUSE
+    directory or hub id (``data.muse.is_muse_source``), else ``benchmark_splits``."""
+    if is_muse_source(benchmark):
+        return load_muse_eval(benchmark)
+    return benchmark_splits(benchmark, options)
+
+
+def _evaluate_muse(model, tokenizer, data: MuseEvalData, options: SuiteConfig,
+                   reference: ModelResult | None) -> ModelResult:
+    """The ``muse`` group alone; the TOFU fields stay empty (no QA splits of people)."""
+    start = time.perf_counter()
+    inputs = GroupInputs(model=model, tokenizer=tokenizer, options=options, measurement=None,
+                         reference=reference, muse=data)
+    return ModelResult(tofu=TofuResult(splits={}), muse=REGISTRY["muse"].compute(inputs, {}),
+                       seconds=round(time.perf_counter() - start, 2))
+
+
+def evaluate_data(model, tokenizer, data: Mapping[str, list[dict]] | MuseEvalData,
+                  options: SuiteConfig, *, retain_truth_ratios=None,
+                  reference: ModelResult | None = None, judge=None,
                   judge_name: str | None = None) -> ModelResult:
-    """:func:`evaluate_model` on data already normalised by ``benchmark_splits``."""
+    """:func:`evaluate_model` on data already normalised by ``benchmark_splits`` (or
+    MUSE's splits, ``data.muse.load_muse_eval``)."""
+    if isinstance(data, MuseEvalData):
+        return _evaluate_muse(model, tokenizer, data, options, reference)
     start = time.perf_counter()
     qa = {s: subset(data[s], options.max_records) for s in QA_SPLITS if s in data}
     canaries = data.get("canaries") if "canaries" in options.groups else None
@@ -66,7 +92,8 @@ def evaluate_model(model, tokenizer, benchmark, cfg, *, retain_truth_ratios=None
       model: a ``Llama`` (nnx); never modified.
       tokenizer: its ``PreTrainedTokenizerFast`` (chat template, eos and pad ids).
       benchmark: a benchmark directory, a ``{split: records}`` mapping or a
-        ``synthetic.Benchmark`` (see ``benchmark_splits``).
+        ``synthetic.Benchmark`` (see ``benchmark_splits``); or a MUSE directory or hub
+        id, which gives ``muse`` alone (``load_data``).
       cfg: a ``RunConfig`` (``SuiteConfig.from_run_config``) or a ``SuiteConfig``.
       retain_truth_ratios: ``[M]`` the retain model's forget-set truth ratios; without
         them (and without ``reference``) forget quality is None.
@@ -77,10 +104,11 @@ def evaluate_model(model, tokenizer, benchmark, cfg, *, retain_truth_ratios=None
     Returns:
       A :class:`ModelResult`: ``tofu`` always; ``mia`` (needs holdout records),
       ``canaries`` and ``extraction`` (need canaries), ``knowledge`` when selected
-      (``eval.metrics``); ``seconds``. Definitions: the modules of ``eval.groups``.
+      (``eval.metrics``); ``seconds``; on MUSE ``muse`` and an empty ``tofu``.
+      Definitions: the modules of ``eval.groups``.
     """
     options = SuiteConfig.of(cfg)
-    data = benchmark_splits(benchmark, options)
+    data = load_data(benchmark, options)
     return evaluate_data(model, tokenizer, data, options,
                          retain_truth_ratios=retain_truth_ratios, reference=reference,
                          judge=judge, judge_name=judge_name)
@@ -90,6 +118,11 @@ def own_reference(result: ModelResult) -> ModelResult:
     """The retain model's result as its own reference, by the rules every model follows:
     forget quality is the KS p-value of its forget truth ratios against themselves
     (1), PrivLeak its AUC against itself (0; None where that AUC is 1)."""
+    if result.muse is not None:
+        m = result.muse
+        return dataclasses.replace(result, muse=dataclasses.replace(
+            m, privleak_reference_auc=m.mia_min_k_auc, privleak_reference="retain model (itself)",
+            privleak=muse_group.privleak_of(m.mia_min_k_auc, m.mia_min_k_auc)))
     own = result.tofu.distributions.get("forget")
     ratios = None if own is None else own.truth_ratio
     fq = None if own is None else tofu_group.forget_quality_against(ratios, ratios)

@@ -55,10 +55,24 @@ def _tokenizer_source(cfg, model_path: Path) -> Path:
     return source
 
 
+def _number(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _headline(result) -> str:
+    """The one line printed per model: MUSE's four numbers, else TOFU's FQ and MU."""
+    if result.muse is not None:
+        m = result.muse
+        return (f"forget_verbmem_ROUGE={_number(m.forget_verbmem_rouge, '.3f')} "
+                f"forget_knowmem_ROUGE={_number(m.forget_knowmem_rouge, '.3f')} "
+                f"retain_knowmem_ROUGE={_number(m.retain_knowmem_rouge, '.3f')} "
+                f"privleak={_number(m.privleak, '.2f')}")
+    return (f"forget_quality={_number(result.tofu.forget_quality, '.3g')} "
+            f"model_utility={_number(result.tofu.model_utility, '.3f')}")
+
+
 def _print(name: str, result, seconds: float) -> None:
-    fq, mu = result.tofu.forget_quality, result.tofu.model_utility
-    print(f"{name}: forget_quality={'n/a' if fq is None else f'{fq:.3g}'} "
-          f"model_utility={'n/a' if mu is None else f'{mu:.3f}'} ({seconds:.1f} s)")
+    print(f"{name}: {_headline(result)} ({seconds:.1f} s)")
 
 
 def main_eval(cfg, model_args: Sequence[str], retain_model_path, *,
@@ -96,10 +110,17 @@ def main_eval(cfg, model_args: Sequence[str], retain_model_path, *,
         if not retain_path.exists():
             raise UserError(f"--retain-model: {retain_path} does not exist")
         models = [("retain", retain_path)] + models
-    elif reference is None:
+    evaluation = Evaluation(cfg, cfg.data.benchmark if models else None, options)
+    if evaluation.is_muse:
+        if retain_model_path is None:
+            print("jaxunlearn eval: no --retain-model, so privleak is relative to AUC 0.5 "
+                  "(open-unlearning's default)", file=sys.stderr)
+        if cfg.eval.attacks:
+            print("jaxunlearn eval: eval.attacks: not run on MUSE (the attacks relearn "
+                  "QA splits)", file=sys.stderr)
+    elif retain_model_path is None and reference is None:
         print("jaxunlearn eval: no --retain-model or --retain-logs, so forget_quality and "
               "privleak are null", file=sys.stderr)
-    evaluation = Evaluation(cfg, cfg.data.benchmark if models else None, options)
     models = [(name, resolve_model_path(path)) for name, path in models]  # hub ids: snapshots
     sources = {name: _tokenizer_source(cfg, path) for name, path in models}
     if reference is not None:

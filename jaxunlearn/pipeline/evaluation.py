@@ -13,7 +13,10 @@ Every command that evaluates (``demo``, ``eval``, ``run``) goes through
   the control, what the attack alone teaches a model that never knew them;
 * ``eval.json`` = ``{"config", "env", "models"}`` (plus ``timings`` when the command
   measured them), written atomically, then ``report.md`` and the figures beside it, and
-  open-unlearning's ``TOFU/<name>/TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` per model.
+  open-unlearning's ``TOFU/<name>/TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` per model;
+* on a MUSE source every model gets open-unlearning's MUSE files instead,
+  ``muse/<name>/MUSE_EVAL.json`` and ``MUSE_SUMMARY.json`` (written before ``eval.json``,
+  each set atomically); the recovery attacks, which relearn QA splits, are not run there.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jaxunlearn import report, storage
+from jaxunlearn import report, storage, validate
+from jaxunlearn.data.muse import MuseEvalData
 from jaxunlearn.eval import attacks, suite
-from jaxunlearn.eval.inputs import benchmark_splits
 from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.eval.results import ForgetScores, ModelResult
 from jaxunlearn.eval.tofu_logs import TOFU_EVAL, TOFU_SUMMARY, tofu_eval_document, tofu_summary
 
-__all__ = ["Evaluation"]
+__all__ = ["MUSE_DIR", "Evaluation"]
+
+MUSE_DIR = "muse"  # <out_dir>/muse/<model name>/MUSE_EVAL.json, MUSE_SUMMARY.json
 
 
 class Evaluation:
@@ -40,18 +45,24 @@ class Evaluation:
     Args:
       cfg: the run's ``RunConfig`` (its ``eval`` section, and what ``eval.json`` records).
       benchmark: a benchmark directory, a ``synthetic.Benchmark`` or a split mapping
-        (``eval.inputs.benchmark_splits``), read and checked here, before any model;
-        None when every result comes from logs (:meth:`add_logged`).
+        (``eval.inputs.benchmark_splits``), or a MUSE directory or hub id
+        (``eval.suite.load_data``), read and checked here, before any model; None when
+        every result comes from logs (:meth:`add_logged`).
       options: what to compute (default: ``SuiteConfig.from_run_config(cfg)``).
     """
 
     def __init__(self, cfg, benchmark, options: SuiteConfig | None = None):
         self.cfg = cfg
         self.options = options or SuiteConfig.from_run_config(cfg)
-        self.data = None if benchmark is None else benchmark_splits(benchmark, self.options)
+        self.data = None if benchmark is None else suite.load_data(benchmark, self.options)
         self.results: dict[str, ModelResult] = {}
         self.seconds: dict[str, float] = {}
         self._reference: ModelResult | None = None
+
+    @property
+    def is_muse(self) -> bool:
+        """True when the benchmark is MUSE (``data.muse``)."""
+        return isinstance(self.data, MuseEvalData)
 
     @property
     def reference(self) -> ModelResult | None:
@@ -96,7 +107,7 @@ class Evaluation:
         return self._finish(name, model, tokenizer, result, unlearn, start)
 
     def _finish(self, name, model, tokenizer, result: ModelResult, unlearn, start) -> ModelResult:
-        if self.cfg.eval.attacks:
+        if self.cfg.eval.attacks and not self.is_muse:
             result = dataclasses.replace(result, attacks=attacks.run_attacks(
                 model, tokenizer, self.data, self.options, before=ForgetScores.of(result)))
         if unlearn is not None:
@@ -122,16 +133,24 @@ class Evaluation:
         (``report.write_outputs``: all of them or none); returns the path of ``report.md``."""
         out = Path(out_dir)
         document = self.to_json(mesh=mesh, config=config, timings=timings)
+        for name, result in self.results.items():
+            if result.muse is not None:
+                where = validate.inside(out, MUSE_DIR, name, field="output_dir")
+                with storage.staged_files(where, "muse") as tmp:
+                    storage.write_json(tmp / "MUSE_EVAL.json", result.muse.eval_logs(), indent=4)
+                    storage.write_json(tmp / "MUSE_SUMMARY.json", result.muse.summary(), indent=4)
         path = report.write_outputs(document, out)
         self.write_open_unlearning(out)
         return path
 
     def write_open_unlearning(self, out_dir: str | Path) -> None:
-        """Per model, open-unlearning's files: ``<out_dir>/TOFU/<name>/TOFU_SUMMARY.json``
+        """Per TOFU model, open-unlearning's files: ``<out_dir>/TOFU/<name>/TOFU_SUMMARY.json``
         and, for a measured model, ``TOFU_EVAL.json`` with every question (which its
         scripts and ``eval --retain-logs <out_dir>/TOFU/retain`` read)."""
         for name, result in self.results.items():
-            folder = Path(out_dir) / "TOFU" / name
+            if result.muse is not None:
+                continue
+            folder = validate.inside(out_dir, "TOFU", name, field="output_dir")
             with storage.staged_files(folder, "tofu") as tmp:
                 storage.write_json(tmp / TOFU_SUMMARY, tofu_summary(result), indent=4)
                 if result.tofu.per_record:

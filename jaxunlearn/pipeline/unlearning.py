@@ -2,6 +2,9 @@
 
 Everything is checked before the model is loaded; the unlearning itself is
 ``methods.runner.unlearn_model`` (gradient methods) or the method's own procedure.
+On a MUSE source (``data.muse``) the forget and retain sets are the ``raw`` documents
+``data.forget`` / ``data.retain`` (default ``retain1``) cut into ``data.max_len``-token
+chunks as open-unlearning's ``PretrainingDataset`` (it uses 2048).
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import time
 from pathlib import Path
 
 from jaxunlearn import methods, storage, validate
-from jaxunlearn.data import tofu
+from jaxunlearn.data import muse, tofu
 from jaxunlearn.data.schema import holdout_split_of
 from jaxunlearn.data.forget_retain import prepare_data
-from jaxunlearn.errors import DataError, UserError
+from jaxunlearn.errors import DataError, MethodError, UserError
 from jaxunlearn.methods import runner
 from jaxunlearn.models import load_tokenizer, save_pretrained
 from jaxunlearn.eval import progress as progress_eval
@@ -28,7 +31,9 @@ from jaxunlearn.train import checkpoint as ckpt_lib
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train import tracking
 
-__all__ = ["target_path", "retain_reference_path", "run_unlearning"]
+__all__ = ["MUSE_DEFAULT_RETAIN", "target_path", "retain_reference_path", "run_unlearning"]
+
+MUSE_DEFAULT_RETAIN = "retain1"  # open-unlearning's MUSE retain split
 
 
 def target_path(cfg) -> Path:
@@ -89,6 +94,14 @@ def _monitor(cfg, method, model, config, tokenizer, forget, retain, best_dir, re
                            best_dir=best_dir if cfg.train.keep_best else None, resume=resume)
 
 
+def _check_muse_method(method) -> None:
+    """MUSE trains on documents: only gradient methods that read the forget text itself."""
+    if isinstance(method, methods.ProcedureMethod) or tuple(method.forget_views) != ("answer",):
+        raise MethodError(f"method.name: {method.name} does not run on MUSE documents (it needs "
+                          "question/answer records); use a gradient method such as npo, "
+                          "grad_diff, simnpo, grad_ascent or rmu")
+
+
 def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     """``jaxunlearn unlearn``: unlearn ``data.forget`` from the target with ``cfg.method``.
 
@@ -120,13 +133,30 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
                                field="output_dir")
     log_dir = validate.inside(cfg.output_dir, "logs", method.name, field="output_dir")
     bench = require_benchmark(cfg)
-    forget = tofu.load_split(bench, cfg.data.forget)
-    retain = tofu.load_split(bench, cfg.data.retain_split)
-    tofu.check_disjoint(forget, retain, names=(cfg.data.forget, cfg.data.retain_split))
+    is_muse = muse.is_muse_source(bench)
+    if is_muse:
+        retain_name = cfg.data.retain or MUSE_DEFAULT_RETAIN
+        _check_muse_method(method)
+        if cfg.train.eval_every:
+            raise UserError("train.eval_every: the progress evaluation reads question/answer "
+                            "records; MUSE trains on documents (set train.eval_every=0)")
+        for role, split in (("data.forget", cfg.data.forget), ("data.retain", retain_name)):
+            if split not in muse.CONFIGS["raw"]:
+                raise DataError(f"{role}: {split!r} is not a MUSE raw split (choose from "
+                                f"{', '.join(muse.CONFIGS['raw'])})")
+            muse.load_muse_split(bench, "raw", split)  # every document checked now
+    else:
+        retain_name = cfg.data.retain_split
+        forget = tofu.load_split(bench, cfg.data.forget)
+        retain = tofu.load_split(bench, retain_name)
+        tofu.check_disjoint(forget, retain, names=(cfg.data.forget, retain_name))
     mesh = mesh_lib.from_config(cfg.mesh)
     mesh_lib.check_batch_divides(cfg.train.batch_size, mesh, "train.batch_size")
     path = target_path(cfg)
     tokenizer = load_tokenizer(cfg.data.tokenizer or path)
+    if is_muse:
+        forget = muse.text_records(tokenizer, bench, cfg.data.forget, max_length=cfg.data.max_len)
+        retain = muse.text_records(tokenizer, bench, retain_name, max_length=cfg.data.max_len)
     prepared = prepare_data(tokenizer, forget, retain, views=getattr(method, "forget_views",
                                                                      ("answer",)),
                             max_len=cfg.data.max_len, truncate=cfg.data.truncate,
@@ -136,7 +166,7 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     method.check_model(config)
     validate.check_context([e.length for v in prepared.forget.values() for e in v]
                            + [e.length for e in prepared.retain], config,
-                           what=f"{cfg.data.forget}/{cfg.data.retain_split} sequences")
+                           what=f"{cfg.data.forget}/{retain_name} sequences")
     monitor = _monitor(cfg, method, model, config, tokenizer, forget, retain, best_dir, resume)
 
     if not resume and ckpt_lib.remove_checkpoints(ckpt_dir):
@@ -175,7 +205,7 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     save_pretrained(unlearned, config, out, tokenizer=tokenizer, field="output_dir",
                     extra_json={"unlearn.json": {
                         "method": method.to_dict(), "target": str(path),
-                        "forget": cfg.data.forget, "retain": cfg.data.retain_split,
+                        "forget": cfg.data.forget, "retain": retain_name,
                         "seconds": round(seconds, 2), "updates": len(result.history),
                         "history": result.history, **result.info, "best": best,
                         "metrics_log": str(log_dir / tracking.METRICS_FILE),

@@ -5,10 +5,11 @@ result (``eval.results``); ``REGISTRY`` lists them in the order they are compute
 (``options.GROUPS``), so ``eval.suite`` is a loop over it.
 """
 
-from jaxunlearn.eval.groups import canaries, extraction, knowledge, mia, tofu
+from jaxunlearn.eval.groups import canaries, extraction, knowledge, mia, muse, tofu
 from jaxunlearn.eval.groups.base import GroupInputs, MetricGroup
 
 __all__ = ["REGISTRY", "GroupInputs", "MetricGroup"]
 
 REGISTRY: dict[str, MetricGroup] = {
-    g.name: g for g in (tofu.GROUP, mia.GROUP, canaries.GROUP, extraction.GROUP, knowledge.GROUP)}
+    g.name: g for g in (tofu.GROUP, mia.GROUP, canaries.GROUP, extraction.GROUP, knowledge.GROUP,
+                        muse.GROUP)}

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxunlearn.data.muse import MuseEvalData
 from jaxunlearn.eval.measure import Measurement
 from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.eval.results import ModelResult
@@ -22,22 +23,25 @@ class GroupInputs:
     Attributes:
       model, tokenizer: the evaluated model (never modified) and its tokenizer.
       options: what to compute and on how much data.
-      measurement: the model's one scoring and decoding pass over the data.
+      measurement: the model's one scoring and decoding pass over the QA data (None
+        on MUSE, whose group measures its own data).
       reference: the retain model's result (PrivLeak's reference AUCs), or None.
       retain_truth_ratios: ``[M]`` the retain model's forget truth ratios (forget
         quality's reference), or None.
       judge, judge_name: the model whose perplexity enters the Linguistic Score (None:
         ``model``) and the name it is reported under.
+      muse: the MUSE splits (``data.muse.load_muse_eval``) when the benchmark is MUSE.
     """
 
     model: Any
     tokenizer: Any
     options: SuiteConfig
-    measurement: Measurement
+    measurement: Measurement | None
     reference: ModelResult | None = None
     retain_truth_ratios: np.ndarray | None = None
     judge: Any = None
     judge_name: str | None = None
+    muse: MuseEvalData | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
