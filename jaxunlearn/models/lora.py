@@ -119,8 +119,10 @@ def _blocks(model: Llama) -> list:
 
 
 def _copy(model: Llama) -> Llama:
-    """A new module graph over the same (immutable) arrays: no weight is copied."""
-    return nnx.merge(*nnx.split(model))
+    """A new module graph with new variables over the same (immutable) arrays: no weight
+    is copied, and setting a variable of the copy leaves ``model``'s alone."""
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.tree.map(lambda x: x, state))
 
 
 def add_adapters(model: Llama, lora: LoraConfig, *, seed: int = 0) -> Llama:
@@ -175,7 +177,7 @@ def merge_adapters(model: Llama) -> Llama:
                 continue
             weight = getattr(sub, target)
             merged = weight[...].astype(jnp.float32) + _delta(sub.lora[target], weight.shape)
-            weight.value = merged.astype(weight.dtype)
+            weight[...] = merged.astype(weight.dtype)
             del sub.lora[target]
     return out
 
@@ -266,5 +268,5 @@ def adapters_from_peft(model: Llama, lora: LoraConfig, get_tensor, names: set[st
             adapter = getattr(block, _MODULES[target][0]).lora[target]
             for field, values in parts.items():
                 value = np.stack(values) if config.scan_layers else values[block_index]
-                getattr(adapter, field).value = jnp.asarray(value)
+                getattr(adapter, field)[...] = jnp.asarray(value)
     return out

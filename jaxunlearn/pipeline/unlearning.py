@@ -17,6 +17,8 @@ from jaxunlearn.data.forget_retain import prepare_data
 from jaxunlearn.errors import DataError, UserError
 from jaxunlearn.methods import runner
 from jaxunlearn.models import load_tokenizer, save_pretrained
+from jaxunlearn.models.io import save_adapters
+from jaxunlearn.models.lora import merge_adapters
 from jaxunlearn.pipeline.provision import build_model, provenance
 from jaxunlearn.pipeline.training import model_dir
 from jaxunlearn.train import checkpoint as ckpt_lib
@@ -48,10 +50,13 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     Everything is validated before any work (method and hyper-parameters; benchmark
     splits and their disjointness; mesh vs devices and batch; model and tokenizer; record
     lengths). The result goes to ``<output_dir>/<method name>`` (HF safetensors with the
-    tokenizer, written atomically) with ``unlearn.json`` (method, history, timings);
+    tokenizer, written atomically; with ``model.lora.save=adapters`` PEFT's adapter files
+    instead, naming the target as their base) with ``unlearn.json`` (method, history, timings);
     checkpoints to ``<output_dir>/checkpoints/unlearn-<name>-<fingerprint>``.
     """
     method = methods.get_method(cfg.method)
+    lora = cfg.model.lora
+    runner.check_lora_method(method, lora)
     # safety: both resolve inside output_dir; a foreign directory at `out` is refused now
     out = storage.check_dir_target(validate.inside(cfg.output_dir, method.name,
                                                    field="output_dir"), "output_dir")
@@ -92,15 +97,21 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
                            never_seen_records=never_seen,
                            seed=cfg.seed, max_len=cfg.data.max_len, truncate=cfg.data.truncate,
                            checkpoint_dir=ckpt_dir, resume=resume, fingerprint=fingerprint,
-                           progress=progress)
+                           progress=progress, lora=lora)
     seconds = time.perf_counter() - t0
+    record = {"unlearn.json": {
+        "method": method.to_dict(), "target": str(path), "forget": cfg.data.forget,
+        "retain": cfg.data.retain_split, "seconds": round(seconds, 2),
+        "updates": len(result.history), "history": result.history, **provenance(cfg, mesh)}}
     # safety: unlearn.json is committed with the model, in one rename
-    save_pretrained(result.model, config, out, tokenizer=tokenizer, field="output_dir",
-                    extra_json={"unlearn.json": {
-                        "method": method.to_dict(), "target": str(path),
-                        "forget": cfg.data.forget, "retain": cfg.data.retain_split,
-                        "seconds": round(seconds, 2), "updates": len(result.history),
-                        "history": result.history, **provenance(cfg, mesh)}})
+    if lora is not None and lora.save == "adapters":
+        # PEFT's layout; loading the directory loads the target with them merged in
+        save_adapters(result.model, lora, out, base_model=str(path.resolve()),
+                      tokenizer=tokenizer, field="output_dir", extra_json=record)
+    else:
+        model = result.model if lora is None else merge_adapters(result.model)
+        save_pretrained(model, config, out, tokenizer=tokenizer, field="output_dir",
+                        extra_json=record)
     ckpt_lib.remove_checkpoints(ckpt_dir)
     last = result.history[-1] if result.history else {}
     print(f"{method.name}: {len(result.history)} updates in {seconds:.1f}s; forget prob "
