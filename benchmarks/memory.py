@@ -128,6 +128,7 @@ def analyse(args, depth: int, devices: int, remat: str) -> dict:
     from flax import nnx
 
     from jaxunlearn.models import Llama
+    from jaxunlearn.models.lora import add_adapters
     from jaxunlearn.models.presets import get_preset
     from jaxunlearn.train import mesh as mesh_lib
     from jaxunlearn.train.step import OptimizerConfig, make_optimizer, make_train_step
@@ -136,8 +137,15 @@ def analyse(args, depth: int, devices: int, remat: str) -> dict:
                         param_dtype=args.param_dtype, remat=remat, scan_layers=not args.unrolled)
     mesh = mesh_lib.make_mesh(data=1, fsdp=devices, devices=jax.devices()[:devices])
     mesh_lib.check_batch_divides(args.batch, mesh, "--batch")
-    graphdef, abs_params = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))),
-                                     nnx.Param)
+    lora = _lora(args)
+    abs_model = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)) if lora is None else
+                               add_adapters(Llama(config, rngs=nnx.Rngs(0)), lora))
+    graphdef, abs_params = nnx.split(abs_model, nnx.Param)
+    frozen = None
+    if lora is not None:  # the state holds the adapters; the bf16 base is a frozen input
+        abs_params, base = nnx.split_state(abs_params, nnx.LoRAParam, ...)
+        frozen = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                              base, mesh_lib.param_shardings(base, mesh))
     opt = make_optimizer(OptimizerConfig(learning_rate=1e-5, schedule="constant",
                                          optimizer=args.optimizer, moment_dtype=args.moment_dtype,
                                          clip_norm=1.0), total_steps=1000)
@@ -149,18 +157,29 @@ def analyse(args, depth: int, devices: int, remat: str) -> dict:
     else:
         objective = _common.library_objective(graphdef, config, beta=0.1, alpha=1.0)
     step = make_train_step(objective, opt, mesh=mesh,
-                           state_sharding=jax.tree.map(lambda x: x.sharding, state))
+                           state_sharding=jax.tree.map(lambda x: x.sharding, state),
+                           with_frozen=lora is not None,
+                           frozen_sharding=None if frozen is None else
+                           jax.tree.map(lambda x: x.sharding, frozen))
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled = step.lower(state, batch, *(() if frozen is None else (frozen,))).compile()
     seconds = time.perf_counter() - t0
     m = compiled.memory_analysis()
     out = {"args": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
            "temp": m.temp_size_in_bytes, "alias": m.alias_size_in_bytes}
     out["peak"] = out["args"] + out["outputs"] + out["temp"] - out["alias"]
     out["params"] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params)) / devices
+    out["trained_bytes"] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
     out["compile_s"] = seconds
     out["num_params"] = config.num_params()
     return out
+
+
+def _lora(args):
+    """``--lora-rank r``: rank-r adapters (alpha 2r) on every projection; 0: full fine-tuning."""
+    from jaxunlearn.models.lora import LoraConfig
+
+    return LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank) if args.lora_rank else None
 
 
 def jnp_dtype(name: str):
@@ -202,6 +221,9 @@ def main(argv=None) -> float:
     parser.add_argument("--replicate-moments", action="store_true",
                         help="replicate optimiser moments, as train.step.init_train_state did "
                              "before it sharded them like their parameters")
+    parser.add_argument("--lora-rank", type=int, default=0,
+                        help="train rank-r LoRA adapters on every projection (model.lora, "
+                             "alpha 2r; the base frozen in --param-dtype); 0: every weight")
     parser.add_argument("--gpu-gib", type=float, default=79.6,
                         help="memory of the target GPU (H100 80GB: 81559 MiB)")
     args = parser.parse_args(argv)
@@ -229,7 +251,9 @@ def main(argv=None) -> float:
           f"batch {args.batch}+{args.batch} rows x T={args.seq}; dtype {args.dtype}, params "
           f"{args.param_dtype}; {args.optimizer} (moments {args.moment_dtype}); "
           f"objective {args.objective} (chunk {args.chunk_size}); moments "
-          f"{'replicated' if args.replicate_moments else 'sharded like their parameters'}")
+          f"{'replicated' if args.replicate_moments else 'sharded like their parameters'}"
+          + (f"; LoRA rank {args.lora_rank} on every projection, base frozen"
+             if args.lora_rank else ""))
     print(f"{'remat':>14} {'devices':>7} {'layers':>6} {'args':>8} {'outputs':>8} {'temp':>8} "
           f"{'alias':>8} {'peak':>8} {'compile':>8}   (GiB per device)")
     headline, summary = None, []
@@ -257,6 +281,9 @@ def main(argv=None) -> float:
             state, _ = ((rows[full.num_layers]["args"], 0.0) if full.num_layers in rows
                         else _fit(ds, [rows[d]["args"] for d in ds], full.num_layers))
             grads = full.num_params() * np.dtype(jnp_dtype(args.param_dtype)).itemsize / n
+            if args.lora_rank:  # a gradient of the adapters alone (float32)
+                grads = max(r["trained_bytes"] for r in rows.values()) * full.num_layers / max(
+                    rows) / n
             print(f"{policy:>14} {n:7d} {full.num_layers:6d} exact lower bound: state "
                   f"{state / GIB:.2f} + one gradient {grads / GIB:.2f} = "
                   f"{(state + grads) / GIB:.2f} GiB per device (+ activations)")

@@ -249,3 +249,49 @@ def test_unlearn_refuses_lora_for_a_procedure_method(tmp_path, toy_target, capsy
     err = capsys.readouterr().err
     assert code == 2 and "model.lora" in err and "newton" in err
     assert not (tmp_path / "out" / "newton").exists()
+
+
+def test_adapter_params_from_shapes_and_the_budget_with_lora():
+    """``adapter_params`` (from the config) counts the adapters a model gets; the 8B LoRA
+    bound is the bf16 base plus the adapters' float32 weights, gradients and Adam moments."""
+    from jaxunlearn.models.presets import get_preset
+    from jaxunlearn.train import budget
+
+    lora = lora_lib.LoraConfig(rank=3, targets=("k", "o", "gate"))
+    config = LlamaConfig(**CFG)
+    model = lora_lib.add_adapters(Llama(config, rngs=nnx.Rngs(0)), lora)
+    assert lora_lib.adapter_params(config, lora) == lora_lib.adapter_count(model) == \
+        2 * 3 * ((16 + 8) + (16 + 16) + (16 + 24))
+    big = get_preset("llama-3.1-8b", param_dtype="bfloat16")
+    r16 = lora_lib.LoraConfig(rank=16)
+    # Llama-3.1-8B: 32 layers, D 4096, kv 1024, F 14336: r (in + out) summed by hand
+    by_hand = 32 * 16 * (2 * (4096 + 4096) + 2 * (4096 + 1024) + 3 * (4096 + 14336))
+    assert lora_lib.adapter_params(big, r16) == by_hand
+    adam = OptimizerConfig(moment_dtype="bfloat16")
+    state, _ = budget.step_memory(big, adam, rows=1, lora=r16)
+    assert state == big.num_params() * 2 + by_hand * (4 + 4 + 6)
+    assert state < 17.5e9 < budget.step_memory(big, adam, rows=1)[0]
+
+
+@pytest.mark.parametrize("method", ["relearn", "rkld"])
+def test_relearn_and_rkld_train_adapters_only(toy_target, method):
+    """ReLearn (a procedure over the shared loop) and RKLD (whose strengthened teacher is
+    fine-tuned with adapters too) return the target's weights untouched plus trained
+    adapters."""
+    from jaxunlearn.config import TrainConfig
+    from jaxunlearn.methods import runner
+
+    model, tok, forget, retain, _, _ = toy_target
+    train = TrainConfig(steps=2, batch_size=4, optimizer=OptimizerConfig(learning_rate=1e-2))
+    lora = lora_lib.LoraConfig(rank=2, targets=("q", "down"))
+    cfg = {"name": method} if method == "relearn" else {"name": method,
+                                                        "strengthen_epochs": 1}
+    result = runner.unlearn_model(model, tok, forget, retain, cfg, train, max_len=256,
+                                  truncate=True, lora=lora)
+    assert len(result.history) == 2
+    _, adapters, rest = nnx.split(result.model, nnx.LoRAParam, nnx.Param)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, rest),
+                 jax.tree.map(np.asarray, nnx.state(model, nnx.Param)))
+    b = adapters["layers"]["attn"]["lora"]["q"]["lora_b"].get_value()
+    assert float(jnp.abs(b).max()) > 0
+    assert not lora_lib.has_adapters(model)

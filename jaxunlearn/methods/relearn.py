@@ -74,7 +74,6 @@ class ReLearnObjective(GradientMethod):
     """
 
     name: ClassVar[str] = "relearn"
-    trains_lora: ClassVar[bool] = True
     retain_losses: ClassVar[tuple[str, ...]] = ("kl+nll", "kl", "nll")
     retain_loss: str = "kl+nll"
 
@@ -108,6 +107,7 @@ class ReLearn(ProcedureMethod):
     """
 
     name: ClassVar[str] = "relearn"
+    trains_lora: ClassVar[bool] = True
     reference: ClassVar[str] = ("Xu et al. 2025, 'ReLearn: Unlearning via Learning for Large "
                                 "Language Models'")
     paper_train: ClassVar[Mapping[str, float]] = {"learning_rate": 1e-4, "epochs": 2}

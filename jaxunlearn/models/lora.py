@@ -39,7 +39,7 @@ from jaxunlearn.errors import CheckpointError, ConfigError
 from jaxunlearn.models.llama import Llama, LlamaConfig, stack_blocks
 
 __all__ = ["TARGETS", "SAVE_MODES", "LoraConfig", "ScaledLoRA", "add_adapters",
-           "merge_adapters", "has_adapters", "adapter_count", "peft_tensors", "peft_config",
+           "merge_adapters", "has_adapters", "adapter_count", "adapter_params", "peft_tensors", "peft_config",
            "config_from_peft", "adapters_from_peft"]
 
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -112,6 +112,14 @@ def _shape(config: LlamaConfig, target: str) -> tuple[int, str, int, str]:
             "v": (D, "embed", K * H, "kv_heads"), "o": (N * H, "heads", D, "embed"),
             "gate": (D, "embed", F, "mlp"), "up": (D, "embed", F, "mlp"),
             "down": (F, "mlp", D, "embed")}[target]
+
+
+def adapter_params(config: LlamaConfig, lora: LoraConfig) -> int:
+    """Adapter parameters of ``lora`` on a ``config`` model, from the shapes:
+    ``L · sum over targets of r (in + out)``."""
+    per_layer = sum(lora.rank * (d_in + d_out)
+                    for d_in, _, d_out, _ in (_shape(config, t) for t in lora.targets))
+    return config.num_layers * per_layer
 
 
 def _blocks(model: Llama) -> list:
