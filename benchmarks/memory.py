@@ -151,24 +151,36 @@ class StepProgram(NamedTuple):
     batch: Any
     optimizer: Any
     graphdef: Any
+    frozen: Any = None  # LoRA: the frozen base, a separate (abstract, sharded) input
 
 
 def step_program(config, mesh, *, rows: int, seq: int, optimizer: str = "adamw",
                  moment_dtype: str = "bfloat16", objective: str = "fused",
-                 chunk_size: int | None = 2048, replicate_moments: bool = False) -> StepProgram:
+                 chunk_size: int | None = 2048, replicate_moments: bool = False,
+                 lora_rank: int = 0) -> StepProgram:
     """The NPO + retain-NLL step (``--objective``) for ``rows`` forget + ``rows`` retain rows
     of ``seq`` tokens, AdamW (or Adafactor) with clipping, as ``jax.jit`` built by
-    ``train.step.make_train_step`` with the state's shardings; nothing is allocated."""
+    ``train.step.make_train_step`` with the state's shardings; nothing is allocated.
+    ``lora_rank > 0``: the state is rank-r adapters (alpha 2r) on every projection and the
+    base is a frozen input (``StepProgram.frozen``), as ``model.lora`` trains."""
     import jax
     from flax import nnx
 
     from jaxunlearn.models import Llama
+    from jaxunlearn.models.lora import LoraConfig, add_adapters
     from jaxunlearn.train import mesh as mesh_lib
     from jaxunlearn.train.step import OptimizerConfig, make_optimizer, make_train_step
 
     mesh_lib.check_batch_divides(rows, mesh, "--batch")
-    graphdef, abs_params = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))),
-                                     nnx.Param)
+    lora = LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank) if lora_rank else None
+    abs_model = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)) if lora is None else
+                               add_adapters(Llama(config, rngs=nnx.Rngs(0)), lora))
+    graphdef, abs_params = nnx.split(abs_model, nnx.Param)
+    frozen = None
+    if lora is not None:  # the state holds the adapters; the frozen base is an input
+        abs_params, base = nnx.split_state(abs_params, nnx.LoRAParam, ...)
+        frozen = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                              base, mesh_lib.param_shardings(base, mesh))
     opt = make_optimizer(OptimizerConfig(learning_rate=1e-5, schedule="constant",
                                          optimizer=optimizer, moment_dtype=moment_dtype,
                                          clip_norm=1.0), total_steps=1000)
@@ -178,9 +190,12 @@ def step_program(config, mesh, *, rows: int, seq: int, optimizer: str = "adamw",
     else:
         obj = _common.library_objective(graphdef, config, beta=0.1, alpha=1.0)
     step = make_train_step(obj, opt, mesh=mesh,
-                           state_sharding=jax.tree.map(lambda x: x.sharding, state))
+                           state_sharding=jax.tree.map(lambda x: x.sharding, state),
+                           with_frozen=frozen is not None,
+                           frozen_sharding=None if frozen is None else
+                           jax.tree.map(lambda x: x.sharding, frozen))
     return StepProgram(step=step, state=state, batch=_abstract_batch(rows, seq, mesh),
-                       optimizer=opt, graphdef=graphdef)
+                       optimizer=opt, graphdef=graphdef, frozen=frozen)
 
 
 def compiled_memory(compiled) -> dict:
@@ -199,14 +214,18 @@ def analyse(args, config, mesh, rows: int) -> dict:
 
     program = step_program(config, mesh, rows=rows, seq=args.seq, optimizer=args.optimizer,
                            moment_dtype=args.moment_dtype, objective=args.objective,
-                           chunk_size=args.chunk_size, replicate_moments=args.replicate_moments)
+                           chunk_size=args.chunk_size, replicate_moments=args.replicate_moments,
+                           lora_rank=getattr(args, "lora_rank", 0))
     t0 = time.perf_counter()
-    compiled = program.step.lower(program.state, program.batch).compile()
+    frozen = () if program.frozen is None else (program.frozen,)
+    compiled = program.step.lower(program.state, program.batch, *frozen).compile()
     out = compiled_memory(compiled)
     out["compile_s"] = time.perf_counter() - t0
     # One gradient laid out like the weights: each weight's shard on one device.
     out["grad"] = sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
                       for x in jax.tree.leaves(program.state.params))
+    out["trained_bytes"] = sum(x.size * x.dtype.itemsize
+                               for x in jax.tree.leaves(program.state.params))
     return out
 
 
@@ -330,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replicate-moments", action="store_true",
                         help="replicate optimiser moments, as train.step.init_train_state did "
                              "before it sharded them like their parameters")
+    parser.add_argument("--lora-rank", type=int, default=0,
+                        help="train rank-r LoRA adapters on every projection (model.lora, "
+                             "alpha 2r; the base frozen in --param-dtype); 0: every weight")
     parser.add_argument("--gpu-gib", type=float, default=79.6,
                         help="memory of the target GPU (H100 80GB: 81559 MiB)")
     g = parser.add_argument_group("mesh search (--search)")
@@ -389,7 +411,9 @@ def main(argv=None) -> float:
           f"batch {args.batch}+{args.batch} rows x T={args.seq}; dtype {args.dtype}, params "
           f"{args.param_dtype}; {args.optimizer} (moments {args.moment_dtype}); "
           f"objective {args.objective} (chunk {args.chunk_size}); moments "
-          f"{'replicated' if args.replicate_moments else 'sharded like their parameters'}")
+          f"{'replicated' if args.replicate_moments else 'sharded like their parameters'}"
+          + (f"; LoRA rank {args.lora_rank} on every projection, base frozen"
+             if args.lora_rank else ""))
     print(f"{'remat':>14} {'devices':>7} {'layers':>6} {'args':>8} {'outputs':>8} {'temp':>8} "
           f"{'alias':>8} {'peak':>8} {'compile':>8}   (GiB per device)")
     headline, summary = None, []
@@ -421,6 +445,9 @@ def main(argv=None) -> float:
             state, _ = ((rows[full.num_layers]["args"], 0.0) if full.num_layers in rows
                         else _fit(ds, [rows[d]["args"] for d in ds], full.num_layers))
             grads = full.num_params() * np.dtype(jnp_dtype(args.param_dtype)).itemsize / n
+            if args.lora_rank:  # a gradient of the adapters alone (float32)
+                grads = max(r["trained_bytes"] for r in rows.values()) * full.num_layers / max(
+                    rows) / n
             print(f"{policy:>14} {n:7d} {full.num_layers:6d} exact lower bound: state "
                   f"{state / GIB:.2f} + one gradient {grads / GIB:.2f} = "
                   f"{(state + grads) / GIB:.2f} GiB per device (+ activations)")

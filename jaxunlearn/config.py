@@ -28,6 +28,7 @@ from jaxunlearn.data.schema import retain_split_of
 from jaxunlearn.errors import ConfigError, ValidationError
 from jaxunlearn.eval.progress import PROGRESS_METRICS
 from jaxunlearn.models.llama import REMAT_POLICIES
+from jaxunlearn.models.lora import LoraConfig
 from jaxunlearn.models.presets import PRESETS
 from jaxunlearn.train.mesh import MeshConfig
 from jaxunlearn.train.step import OptimizerConfig
@@ -68,6 +69,9 @@ class ModelSpec:
     # LlamaConfig.remat: none | full | dots_saveable | dots_with_no_batch_dims_saveable;
     # the former booleans still read: true is full, false none.
     remat: str | bool = "none"
+    # unlearn: train LoRA adapters only (models.lora.LoraConfig: rank, alpha, targets,
+    # save = merged | adapters); null: every weight
+    lora: LoraConfig | None = None
 
     def __post_init__(self):
         if isinstance(self.remat, bool):

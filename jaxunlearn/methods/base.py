@@ -223,6 +223,9 @@ class ProcedureMethod(MethodConfig):
     """A method that runs its own procedure instead of the shared gradient loop."""
 
     kind: ClassVar[str] = "procedure"
+    # True when the procedure is the shared gradient loop on its own data (ReLearn), so
+    # LoRA adapters (``model.lora``) train it as they train a gradient method.
+    trains_lora: ClassVar[bool] = False
 
     def run(self, context: UnlearnContext) -> UnlearnResult:
         raise NotImplementedError(f"{type(self).__name__}.run")

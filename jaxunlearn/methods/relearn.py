@@ -19,8 +19,8 @@ the retain batch (prompt and padding included) divided by the number of rows; ou
 ``losses.forward_kl``, the mean over *answer* tokens, like every other KL retain term
 here (a different scale: tune ``alpha`` accordingly). The target's retain distributions
 are cached once (``ref_top_k``, see ``methods.base``), so the frozen reference is
-never on the device during training. Training is full fine-tuning (their script uses
-LoRA rank 32, alpha 32, lr 1e-4, 2 epochs; LoRA is not implemented here).
+never on the device during training. Training is full fine-tuning, or LoRA adapters with
+``model.lora`` (their script uses LoRA rank 32, alpha 32, lr 1e-4, 2 epochs).
 
 The optimisation itself is the shared gradient loop (``UnlearnContext.run_gradient``,
 injected by ``methods.runner``) over the augmented records, each forget row paired
@@ -108,6 +108,7 @@ class ReLearn(ProcedureMethod):
     """
 
     name: ClassVar[str] = "relearn"
+    trains_lora: ClassVar[bool] = True
     reference: ClassVar[str] = ("Xu et al. 2025, 'ReLearn: Unlearning via Learning for Large "
                                 "Language Models'")
     paper_train: ClassVar[Mapping[str, float]] = {"learning_rate": 1e-4, "epochs": 2}

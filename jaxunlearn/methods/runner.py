@@ -40,7 +40,9 @@ from jaxunlearn.data.forget_retain import PairedSchedule, Prepared, prepare_data
 from jaxunlearn.methods.base import (AUTO_TOP_K, CacheSpec, GradientMethod, ProcedureMethod,
                                      RefDist, UnlearnContext, UnlearnResult, compress_logprobs)
 from jaxunlearn.methods.registry import get_method
+from jaxunlearn.errors import MethodError
 from jaxunlearn.models import compact
+from jaxunlearn.models import lora as lora_lib
 from jaxunlearn.models.outputs import forward
 from jaxunlearn.train import finetune
 from jaxunlearn.train import loop as loop_lib
@@ -48,6 +50,7 @@ from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train import step as step_lib
 
 __all__ = ["run_compactions", "ReferenceCache", "choose_top_k", "cache_budget", "build_cache",
+           "check_lora_method",
            "unlearn_model"]
 
 
@@ -260,8 +263,19 @@ def _cache_info(spec: CacheSpec, chosen_by: str, cache: ReferenceCache, full_byt
 # ----------------------------------------------------------------------------------- the loop
 
 
-def _strengthen(graphdef, params, data: Prepared, method, train, *, mesh, seed, progress):
-    """RKLD's strengthened model: the target fine-tuned on the forget answers (token NLL)."""
+def check_lora_method(method, lora: lora_lib.LoraConfig | None) -> None:
+    """``model.lora`` trains gradient methods and ReLearn; other procedures are refused."""
+    if lora is not None and isinstance(method, ProcedureMethod) and not method.trains_lora:
+        raise MethodError(f"model.lora: method {method.name} does not train with LoRA adapters "
+                          "(gradient methods and relearn do); remove model.lora")
+
+
+def _strengthen(graphdef, params, data: Prepared, method, train, *, mesh, seed, progress,
+                frozen=None):
+    """RKLD's strengthened model: the target fine-tuned on the forget answers (token NLL).
+
+    With LoRA ``params`` are the adapters and ``frozen`` the base: the adapters are
+    fine-tuned, and the strengthened model is the base with them (all parameters)."""
     rows = train.batch_size * train.grad_accum
     answers = data.forget["answer"]
     source = loop_lib.BatchSource(
@@ -274,7 +288,9 @@ def _strengthen(graphdef, params, data: Prepared, method, train, *, mesh, seed, 
         optimizer=dataclasses.replace(train.optimizer, learning_rate=lr),
         total_steps=method.strengthen_epochs * source.steps_per_epoch,
         grad_accum=train.grad_accum, mesh=mesh, seed=seed, progress=progress,
-        desc="rkld: strengthen")
+        desc="rkld: strengthen", frozen=frozen)
+    if frozen is not None:
+        return nnx.merge_state(frozen, result.state.params)
     return result.state.params
 
 
@@ -284,8 +300,8 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
                   checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
                   fingerprint: str = "", progress: bool = False,
                   never_seen_records: Sequence[Mapping] = (),
-                  hooks: Sequence[loop_lib.Hook] = (), log=None,
-                  log_every: int = 0) -> UnlearnResult:
+                  hooks: Sequence[loop_lib.Hook] = (), log=None, log_every: int = 0,
+                  lora: lora_lib.LoraConfig | None = None) -> UnlearnResult:
     """Unlearn ``forget_records`` from ``model`` in-process (no disk round trip).
 
     Args:
@@ -302,19 +318,26 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
       hooks: ``train.loop.Hook`` s of the loop (gradient methods only), e.g. the progress
         evaluation of ``pipeline.progress``; their results join the history.
       log, log_every: as ``train.loop.run_loop`` (a procedure's gradient loops log too).
+      lora: train LoRA adapters (``models.lora``) instead of every weight: gradient
+        methods and procedures with ``trains_lora`` (ReLearn). The reference the method
+        caches is the base (fresh adapters compute it exactly: ``B = 0``); the optimiser
+        holds the adapters' moments only; the frozen base stays in its dtype.
     Returns:
       ``UnlearnResult(model, history, info)``: one record per update with ``loss``,
       ``grad_norm``, ``forget_loss``, ``retain_loss``, ``forget_prob``, ``retain_prob``;
-      ``info["reference_cache"]`` as ``ReferenceCache.info`` (gradient methods).
+      ``info["reference_cache"]`` as ``ReferenceCache.info`` (gradient methods). With
+      ``lora`` the model carries the trained adapters (``models.lora.merge_adapters``
+      folds them in).
     """
     method = get_method(method_cfg)
     if mesh is not None:
         mesh_lib.check_batch_divides(train_cfg.batch_size, mesh, "train.batch_size")
+    check_lora_method(method, lora)
     if isinstance(method, ProcedureMethod):
         def run_gradient(gradient_method, forget, retain):
             return unlearn_model(model, tokenizer, forget, retain, gradient_method, train_cfg,
                                  mesh=mesh, seed=seed, max_len=max_len, truncate=truncate,
-                                 progress=progress, log=log, log_every=log_every)
+                                 progress=progress, log=log, log_every=log_every, lora=lora)
 
         return method.run(UnlearnContext(
             model=model, tokenizer=tokenizer, forget_records=tuple(forget_records),
@@ -332,13 +355,17 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
              else train_cfg.epochs * sched.steps_per_epoch)
     epochs = sched.epochs(total)
 
+    if lora is not None:
+        model = lora_lib.add_adapters(model, lora, seed=seed)
     graphdef, target = nnx.split(model, nnx.Param)
     if mesh is not None:
         target = jax.device_put(target, mesh_lib.param_shardings(target, mesh))
+    # trained: every weight, or the adapters alone with the base frozen beside them
+    trained, frozen = nnx.split_state(target, nnx.LoRAParam, ...) if lora else (target, None)
     strengthened = None
     if method.cache_spec(model_config).forget_dist == "rkld_teacher":
-        strengthened = _strengthen(graphdef, target, data, method, train_cfg, mesh=mesh,
-                                   seed=seed, progress=progress)
+        strengthened = _strengthen(graphdef, trained, data, method, train_cfg, mesh=mesh,
+                                   seed=seed, progress=progress, frozen=frozen)
     cache = build_cache(method, graphdef, target, model_config, data, sched.retain_used(total),
                         batch_size=train_cfg.batch_size, mesh=mesh, seed=seed,
                         strengthened=strengthened)
@@ -361,11 +388,15 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
             }
 
     optimizer = step_lib.make_optimizer(train_cfg.optimizer, total)
-    state = step_lib.init_train_state(step_lib.copy_params(target), optimizer,
+    state = step_lib.init_train_state(step_lib.copy_params(trained), optimizer,
                                       jax.random.key(seed), mesh)
-    step_fn = step_lib.make_train_step(method.objective(graphdef, model_config), optimizer,
-                                       mesh=mesh, state_sharding=step_lib.state_shardings(state),
-                                       grad_accum=train_cfg.grad_accum)
+    step_fn = step_lib.make_train_step(
+        method.objective(graphdef, model_config), optimizer, mesh=mesh,
+        state_sharding=step_lib.state_shardings(state), grad_accum=train_cfg.grad_accum,
+        with_frozen=lora is not None,
+        frozen_sharding=None if frozen is None else step_lib.state_shardings(frozen))
+    if lora is not None:
+        step_fn = functools.partial(finetune.call_with_frozen, step_fn, frozen)
     source = loop_lib.BatchSource(steps_per_epoch=sched.steps_per_epoch,
                                   epoch_batches=epoch_batches)
     result = loop_lib.run_loop(
@@ -374,5 +405,6 @@ def unlearn_model(model, tokenizer, forget_records: Sequence[Mapping],
         model_config=dataclasses.asdict(model_config),
         place_batch=loop_lib.batch_placer(mesh, train_cfg.grad_accum), progress=progress,
         desc=f"unlearn {method.name}", hooks=hooks, log=log, log_every=log_every)
-    return UnlearnResult(nnx.merge(graphdef, result.state.params), result.history,
+    params = result.state.params if lora is None else nnx.merge_state(frozen, result.state.params)
+    return UnlearnResult(nnx.merge(graphdef, params), result.history,
                          {"reference_cache": dict(cache.info)})

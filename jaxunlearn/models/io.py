@@ -27,6 +27,7 @@ from flax import nnx
 from jaxunlearn import resources, storage
 from jaxunlearn.errors import CheckpointError, ValidationError
 from jaxunlearn.models import gguf, limits
+from jaxunlearn.models import lora as lora_lib
 from jaxunlearn.models.llama import Llama, LlamaConfig
 from jaxunlearn.validate import path_component
 
@@ -153,6 +154,10 @@ def model_from_hf_tensors(config: LlamaConfig, get_tensor: Callable[[str], Any],
 
 def hf_tensors_from_model(model: Llama) -> dict[str, np.ndarray]:
     """HF-named numpy tensors (HF layout) of a model; scanned layers are unstacked."""
+    if lora_lib.has_adapters(model):
+        # Their weights have no HF name: saving would drop them silently.
+        raise ValueError("the model has LoRA adapters: merge them first "
+                         "(models.lora.merge_adapters) or save them with save_adapters")
     config = model.config
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
@@ -359,6 +364,8 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
                  if v is not None}
     if not path.exists():
         raise CheckpointError(f"{path}: model path does not exist")
+    if (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").exists():
+        return _load_adapter_dir(path, overrides, shardings)
     if path.suffix == ".gguf":
         ckpt = gguf.read_gguf(path)
         config = _config_from_hf(ckpt.config, overrides, path)
@@ -451,3 +458,85 @@ def load_tokenizer(path: str | os.PathLike):
     except Exception as e:  # transformers raises many types for a bad config/tokenizer file
         first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
         raise CheckpointError(f"{path}: cannot load the tokenizer ({first})") from None
+
+
+# PEFT's file names for a LoRA adapter directory.
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def save_adapters(model: Llama, lora: lora_lib.LoraConfig, path: str | os.PathLike, *,
+                  base_model: str, tokenizer=None, extra_json: Mapping[str, Any] | None = None,
+                  field: str = "output") -> Path:
+    """Writes ``model``'s LoRA adapters alone as a PEFT directory: ``adapter_config.json``
+    (``r``, ``lora_alpha``, ``target_modules``, ``base_model_name_or_path = base_model``)
+    and ``adapter_model.safetensors`` (``models.lora.peft_tensors``, float32), with the
+    tokenizer and ``extra_json``; staged and committed like :func:`save_pretrained`.
+    ``load_pretrained`` on the directory loads ``base_model`` with the adapters merged.
+    """
+    from safetensors.numpy import save_file
+
+    final = storage.check_dir_target(Path(path), field)
+    for name in extra_json or {}:
+        path_component(name, "extra_json")
+    tensors = lora_lib.peft_tensors(model)
+    if not tensors:
+        raise ValueError("save_adapters: the model has no LoRA adapters")
+    for name, t in tensors.items():
+        if not np.all(np.isfinite(t)):
+            raise CheckpointError(f"{final}: refusing to save non-finite weights ({name})")
+    tmp = storage.staging_dir(final)
+    try:
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (tmp / ADAPTER_CONFIG).write_text(storage.json_text(
+            lora_lib.peft_config(lora, base_model), indent=2, sort_keys=True), encoding="utf-8")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(storage.json_text(obj, indent=2, sort_keys=True),
+                                    encoding="utf-8")
+        storage.commit_dir(tmp, final, field=field)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_adapters(model: Llama, path: str | os.PathLike) -> tuple[Llama, lora_lib.LoraConfig]:
+    """``(copy of model with the PEFT adapters of directory path, their LoraConfig)``."""
+    path = Path(path)
+    cfg_file = path / ADAPTER_CONFIG
+    try:
+        peft = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: unreadable ({e})") from None
+    if not isinstance(peft, dict):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object")
+    lora = lora_lib.config_from_peft(peft, str(cfg_file))
+    weights = path / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: no {ADAPTER_WEIGHTS}")
+    _check_safetensors_file(weights)
+    from safetensors import safe_open
+
+    try:
+        handle = safe_open(str(weights), framework="flax")
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
+    return lora_lib.adapters_from_peft(model, lora, handle.get_tensor, set(handle.keys()),
+                                       source=str(weights)), lora
+
+
+def _load_adapter_dir(path: Path, overrides: dict, shardings) -> tuple[Llama, LlamaConfig]:
+    """A PEFT adapter directory as a plain model: its base with the adapters merged in."""
+    try:
+        base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG}: unreadable ({e})") from None
+    if not isinstance(base, str) or not base:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG}: no base_model_name_or_path")
+    base_path = resolve_model_path(base)
+    if (base_path / ADAPTER_CONFIG).is_file() and not (base_path / "config.json").exists():
+        raise CheckpointError(f"{path}: base model {base} is itself an adapter directory")
+    model, config = load_pretrained(base_path, shardings=shardings, **overrides)
+    model, _ = load_adapters(model, path)
+    return lora_lib.merge_adapters(model), config

@@ -378,6 +378,8 @@ class Attention(nnx.Module):
             self.q_bias = _param(rngs, (N, H), ("heads", "head_dim"), dt, zeros=True)
             self.k_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), dt, zeros=True)
             self.v_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), dt, zeros=True)
+        # LoRA adapters by projection name (``models.lora``): [M, in] -> [M, out] updates.
+        self.lora = nnx.Dict()
 
     def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None,
                  order=None):
@@ -394,10 +396,14 @@ class Attention(nnx.Module):
         dt = c.compute_dtype
         lead, flat = x.shape[:-1], _tokens(x)
 
-        def project(w):  # [M, D] x [D, heads, H] -> [..., heads, H]
-            return jnp.einsum("MD,DNH->MNH", flat, w[...].astype(dt)).reshape(*lead, *w.shape[1:])
+        def project(name):  # [M, D] x [D, heads, H] -> [..., heads, H]
+            w = getattr(self, name)
+            y = jnp.einsum("MD,DNH->MNH", flat, w[...].astype(dt))
+            if name in self.lora:
+                y = y + self.lora[name](flat).reshape(y.shape)
+            return y.reshape(*lead, *w.shape[1:])
 
-        q, k, v = project(self.q), project(self.k), project(self.v)
+        q, k, v = project("q"), project("k"), project("v")
         if c.attention_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -421,7 +427,11 @@ class Attention(nnx.Module):
                 1 if cache_kv is not None else _causal_blocks(key_mask.shape[1])))
         if order is not None:
             out = compact.gather(out, order)
-        out = jnp.einsum("MNH,NHD->MD", out.reshape(-1, *out.shape[-2:]), self.o[...].astype(dt))
+        out = out.reshape(-1, *out.shape[-2:])
+        heads = out
+        out = jnp.einsum("MNH,NHD->MD", heads, self.o[...].astype(dt))
+        if "o" in self.lora:
+            out = out + self.lora["o"](heads.reshape(heads.shape[0], -1))
         return out.reshape(*lead, out.shape[-1]), new_kv
 
 
@@ -432,13 +442,17 @@ class MLP(nnx.Module):
         self.gate = _param(rngs, (D, F), ("embed", "mlp"), dt, 0.02)
         self.up = _param(rngs, (D, F), ("embed", "mlp"), dt, 0.02)
         self.down = _param(rngs, (F, D), ("mlp", "embed"), dt, 0.02)
+        # LoRA adapters by projection name (``models.lora``): [M, in] -> [M, out] updates.
+        self.lora = nnx.Dict()
+
+    def _project(self, name: str, x: jax.Array) -> jax.Array:
+        y = x @ getattr(self, name)[...].astype(self.dtype)
+        return y + self.lora[name](x) if name in self.lora else y
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        dt = self.dtype
         flat = _tokens(x)
-        gate = flat @ self.gate[...].astype(dt)
-        up = flat @ self.up[...].astype(dt)
-        return ((jax.nn.silu(gate) * up) @ self.down[...].astype(dt)).reshape(x.shape)
+        hidden = jax.nn.silu(self._project("gate", flat)) * self._project("up", flat)
+        return self._project("down", hidden).reshape(x.shape)
 
 
 class Block(nnx.Module):
@@ -457,8 +471,9 @@ class Block(nnx.Module):
         return x + self.mlp(self.post_attn_norm(x)), kv
 
 
-def stack_blocks(blocks: list[Block]) -> Block:
-    """One ``Block`` whose parameters are ``blocks``' stacked on a new leading ``[L]`` axis.
+def stack_blocks(blocks: list[nnx.Module]) -> nnx.Module:
+    """One module whose parameters are ``blocks``' (one per layer, same structure) stacked
+    on a new leading ``[L]`` axis (decoder blocks; ``models.lora``'s adapters).
 
     The axis's logical sharding name is ``layers`` (never sharded, ``train/mesh.py``).
     """

@@ -26,6 +26,8 @@ from jaxunlearn.models import load_pretrained
 from jaxunlearn.models.io import is_hub_id, resolve_model_path
 from jaxunlearn.pipeline.progress import ProgressMonitor
 from jaxunlearn.pipeline.provision import build_model, provenance, require_benchmark
+from jaxunlearn.models.io import save_adapters
+from jaxunlearn.models.lora import merge_adapters
 from jaxunlearn.pipeline.training import model_dir
 from jaxunlearn.train import checkpoint as ckpt_lib
 from jaxunlearn.train import mesh as mesh_lib
@@ -108,9 +110,10 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     Everything is validated before any work (method and hyper-parameters; benchmark
     splits and their disjointness; mesh vs devices and batch; model and tokenizer; record
     lengths). The result goes to ``<output_dir>/<method name>`` (HF safetensors with the
-    tokenizer, written atomically) with ``unlearn.json`` (method, history, timings, and
-    ``reference_cache``: full-vocabulary or top-K reference distributions, with the tail
-    mass when truncated);
+    tokenizer, written atomically; with ``model.lora.save=adapters`` PEFT's adapter files
+    instead, naming the target as their base) with ``unlearn.json`` (method, history,
+    timings, and ``reference_cache``: full-vocabulary or top-K reference distributions,
+    with the tail mass when truncated);
     checkpoints to ``<output_dir>/checkpoints/unlearn-<name>-<fingerprint>``.
 
     ``train.log_every``: history records to ``<output_dir>/logs/<name>/metrics.jsonl`` (and
@@ -123,6 +126,12 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     if cfg.train.eval_every and isinstance(method, methods.ProcedureMethod):
         raise UserError(f"train.eval_every: {method.name} is not a gradient loop to evaluate "
                         "during (set train.eval_every=0)")
+    lora = cfg.model.lora
+    runner.check_lora_method(method, lora)
+    if lora is not None and cfg.train.eval_every:
+        # the progress evaluation reads whole models; a LoRA state holds the adapters only
+        raise UserError("train.eval_every: not available with model.lora yet "
+                        "(set train.eval_every=0)")
     # safety: both resolve inside output_dir; a foreign directory at `out` is refused now
     out = storage.check_dir_target(validate.inside(cfg.output_dir, method.name,
                                                    field="output_dir"), "output_dir")
@@ -193,7 +202,7 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
             truncate=cfg.data.truncate, checkpoint_dir=ckpt_dir, resume=resume,
             fingerprint=fingerprint, progress=progress,
             hooks=(monitor.hook(),) if monitor else (), log=tracker.log,
-            log_every=cfg.train.log_every)
+            log_every=cfg.train.log_every, lora=lora)
     seconds = time.perf_counter() - t0
     unlearned, best = result.model, None
     if monitor is not None and monitor.best is not None:
@@ -201,15 +210,20 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
         last_step = result.history[-1]["step"] if result.history else 0
         if best["step"] != last_step:  # the last update is not the best one: load that
             unlearned = monitor.best_model()
+    record = {"unlearn.json": {
+        "method": method.to_dict(), "target": str(path), "forget": cfg.data.forget,
+        "retain": retain_name, "seconds": round(seconds, 2), "updates": len(result.history),
+        "history": result.history, **result.info, "best": best,
+        "metrics_log": str(log_dir / tracking.METRICS_FILE), **provenance(cfg, mesh)}}
     # safety: unlearn.json is committed with the model, in one rename
-    save_pretrained(unlearned, config, out, tokenizer=tokenizer, field="output_dir",
-                    extra_json={"unlearn.json": {
-                        "method": method.to_dict(), "target": str(path),
-                        "forget": cfg.data.forget, "retain": retain_name,
-                        "seconds": round(seconds, 2), "updates": len(result.history),
-                        "history": result.history, **result.info, "best": best,
-                        "metrics_log": str(log_dir / tracking.METRICS_FILE),
-                        **provenance(cfg, mesh)}})
+    if lora is not None and lora.save == "adapters":
+        # PEFT's layout; loading the directory loads the target with them merged in
+        save_adapters(unlearned, lora, out, base_model=str(path.resolve()),
+                      tokenizer=tokenizer, field="output_dir", extra_json=record)
+    else:
+        merged = unlearned if lora is None else merge_adapters(unlearned)
+        save_pretrained(merged, config, out, tokenizer=tokenizer, field="output_dir",
+                        extra_json=record)
     ckpt_lib.remove_checkpoints(ckpt_dir)
     if monitor is not None:
         monitor.clear()

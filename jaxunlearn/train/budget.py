@@ -20,6 +20,7 @@ passes may still be too large (the bounds are optimistic by design).
 from __future__ import annotations
 
 from jaxunlearn import resources
+from jaxunlearn.models import lora as lora_lib
 
 __all__ = ["MIN_TOKENS_PER_ROW", "moment_bytes", "step_memory", "output_disk", "check_run_budget"]
 
@@ -37,16 +38,28 @@ def _weight_bytes(config) -> int:
     return 2 if config.param_dtype in ("bfloat16", "float16") else 4
 
 
-def step_memory(config, optimizer, rows: int) -> tuple[int, int]:
-    """``(state bytes, activation bytes)`` of one update on ``rows`` rows (lower bounds)."""
+def step_memory(config, optimizer, rows: int, lora=None) -> tuple[int, int]:
+    """``(state bytes, activation bytes)`` of one update on ``rows`` rows (lower bounds).
+
+    With ``lora`` (``models.lora.LoraConfig``) only the ``A`` float32 adapter parameters
+    have gradients and moments: ``P · w + A · (4 + 4 + m)``.
+    """
     params = config.num_params()
-    state = params * (_weight_bytes(config) + 4 + moment_bytes(optimizer))
+    if lora is None:
+        state = params * (_weight_bytes(config) + 4 + moment_bytes(optimizer))
+    else:
+        state = params * _weight_bytes(config) + lora_lib.adapter_params(config, lora) * (
+            8 + moment_bytes(optimizer))
     per_token = (config.num_layers * config.hidden_size + 2 * config.intermediate_size) * 4
     return state, rows * MIN_TOKENS_PER_ROW * per_token
 
 
-def output_disk(config, optimizer) -> int:
-    """Bytes the final weights and one checkpoint take on disk (lower bound)."""
+def output_disk(config, optimizer, lora=None) -> int:
+    """Bytes the final weights and one checkpoint take on disk (lower bound); a LoRA
+    run's checkpoint holds the adapters and their moments only."""
+    if lora is not None:
+        return config.num_params() * _weight_bytes(config) + lora_lib.adapter_params(
+            config, lora) * (4 + moment_bytes(optimizer))
     return config.num_params() * (2 * _weight_bytes(config) + moment_bytes(optimizer))
 
 
@@ -57,8 +70,8 @@ def check_run_budget(cfg, config) -> None:
       resources.ResourceError: naming ``train.batch_size`` (activations dominate),
         the model (its weights and optimiser state alone), or ``output_dir`` (disk).
     """
-    train = cfg.train
-    state, activations = step_memory(config, train.optimizer, train.batch_size)
+    train, lora = cfg.train, cfg.model.lora  # LoRA: a smaller bound, still a lower bound
+    state, activations = step_memory(config, train.optimizer, train.batch_size, lora)
     have, where = resources.device_memory()
     params = f"{config.num_params():,} parameters"
     if activations >= state:
@@ -71,7 +84,7 @@ def check_run_budget(cfg, config) -> None:
         estimate = "memory for its weights, gradients and optimiser state"
     resources.check_fits(state + activations, have, subject=subject, estimate=estimate,
                          where=where)
-    resources.check_fits(output_disk(config, train.optimizer),
+    resources.check_fits(output_disk(config, train.optimizer, lora),
                          resources.free_disk(cfg.output_dir),
                          subject=f"output_dir={cfg.output_dir}",
                          estimate="disk for the model and one checkpoint of it",

@@ -40,6 +40,7 @@ LOGICAL_TO_MESH: dict[str, str | None] = {
     "kv_heads": "tensor",
     "head_dim": None,
     "layers": None,
+    "lora_rank": None,  # a LoRA adapter's rank axis (models.lora): small, kept whole
 }
 # The model config field behind each tensor-split logical axis, for error messages.
 _TENSOR_FIELDS = {"vocab": "vocab_size", "mlp": "intermediate_size", "heads": "num_heads",

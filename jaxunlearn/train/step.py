@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 from jax.sharding import Mesh
 
 from jaxunlearn.losses import Mean
@@ -181,8 +182,15 @@ def objective_value(objective: Objective, params: Any, batch: Any,
 
 def make_train_step(objective: Objective, optimizer: optax.GradientTransformation, *,
                     mesh: Mesh | None = None, state_sharding: Any = None,
-                    grad_accum: int = 1, donate: bool = True):
+                    grad_accum: int = 1, donate: bool = True, frozen_sharding: Any = None,
+                    with_frozen: bool = False):
     """Returns the jitted ``step(state, batch) -> (state, metrics)``.
+
+    ``with_frozen=True`` returns ``step(state, batch, frozen)`` instead: ``state.params``
+    are the trained part of the parameters (a LoRA run's adapters, ``models.lora``) and
+    ``frozen`` (an ``nnx.State``, not donated; sharded by ``frozen_sharding`` on a mesh)
+    the rest; the objective sees both merged, only ``state.params`` are differentiated and
+    updated, and the optimiser state is that of ``state.params`` alone.
 
     Args:
       objective: the :class:`Objective` to minimise; pure.
@@ -201,9 +209,12 @@ def make_train_step(objective: Objective, optimizer: optax.GradientTransformatio
     """
     if grad_accum < 1:
         raise ValueError(f"train.grad_accum must be >= 1, got {grad_accum}")
-    grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
-
-    def step(state: TrainState, batch):
+    def step(state: TrainState, batch, frozen=None):
+        loss_fn = objective.loss
+        if with_frozen:
+            def loss_fn(params, *args):
+                return objective.loss(nnx.merge_state(frozen, params), *args)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         key = jax.random.fold_in(state.key, state.step)
         if grad_accum == 1:
             (loss, metrics), grads = grad_fn(state.params, batch, key, objective.counts(batch))
@@ -241,9 +252,13 @@ def make_train_step(objective: Objective, optimizer: optax.GradientTransformatio
         bs = mesh_lib.batch_sharding(mesh)
         if grad_accum > 1:
             bs = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, mesh_lib.BATCH_AXES))
-        kwargs = dict(in_shardings=(state_sharding, bs),
+        kwargs = dict(in_shardings=(state_sharding, bs) + ((frozen_sharding,) if with_frozen
+                                                          else ()),
                       out_shardings=(state_sharding, mesh_lib.replicated(mesh)))
-    return jax.jit(step, donate_argnums=(0,) if donate else (), **kwargs)
+    if with_frozen:
+        return jax.jit(step, donate_argnums=(0,) if donate else (), **kwargs)
+    return jax.jit(lambda state, batch: step(state, batch), donate_argnums=(0,) if donate else (),
+                   **kwargs)
 
 
 def copy_params(params: Any, mesh: Mesh | None = None) -> Any:
