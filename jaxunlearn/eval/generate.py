@@ -55,12 +55,15 @@ def _decode(graphdef, state, input_ids, attention_mask, budget, key, temperature
     B, P = input_ids.shape
     cache = KVCache.init(model.config, B, P + slots)
     mask = jnp.concatenate([attention_mask, jnp.zeros((B, slots), jnp.int32)], axis=1)
-    out = model.forward(input_ids, mask, cache=cache)
+    out = model.forward(input_ids, mask, cache=cache, last_only=True)
 
     def pick(logits, key):
         logits = logits.astype(jnp.float32)
-        sampled = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6))
-        return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+        # A branch, not a select: greedy decoding draws no [B, V] noise at every step.
+        return jax.lax.cond(
+            temperature > 0,
+            lambda: jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6)),
+            lambda: jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
     def cond(carry):
         step, _, _, _, done, _, _ = carry
