@@ -62,3 +62,37 @@ def test_stops_at_eos_and_pads_after():
     assert gen.tokens[0, 1] == eos
     assert gen.lengths[0] == 1 if int(first[0]) != eos else gen.lengths[0] == 0
     assert np.all(gen.tokens[0, 2:] == 0)
+
+
+def test_per_row_budgets_cut_each_row_and_share_one_program():
+    """Row b decodes max_new_tokens[b] tokens of the same greedy continuation; calls whose
+    budgets and prompts fit the same buckets reuse one compiled program."""
+    from jaxunlearn.eval import generate as generate_lib
+
+    model = _model()
+    prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [11]]
+    ids, mask = left_pad(prompts, pad_id=0, multiple=16)
+    full = generate(model, ids, mask, max_new_tokens=9, eos_id=-1, pad_id=0)
+    compiled = generate_lib._decode._cache_size()
+    cut = generate(model, ids, mask, max_new_tokens=[2, 9, 5], eos_id=-1, pad_id=0)
+    assert generate_lib._decode._cache_size() == compiled  # 9 and [2, 9, 5]: one program
+    assert cut.lengths.tolist() == [2, 9, 5]
+    for row, n in enumerate([2, 9, 5]):
+        assert cut.tokens[row, :n].tolist() == full.tokens[row, :n].tolist()
+        assert np.all(cut.tokens[row, n:] == 0)
+    for row, prompt in enumerate(prompts):
+        assert full.tokens[row].tolist() == _greedy_by_recomputation(model, prompt, 9, -1)
+
+
+def test_generate_ids_buckets_prompts_and_keeps_order():
+    """``generate_ids``: input order, per-prompt budgets, prompts longer than a bucket."""
+    from jaxunlearn.eval.generate import PROMPT_BUCKETS, generate_ids
+
+    model = _model()
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, 39, n).tolist() for n in (3, PROMPT_BUCKETS[0] + 2, 1, 7, 5)]
+    budgets = [4, 1, 6, 3, 2]
+    got = generate_ids(model, prompts, max_new_tokens=budgets, eos_id=-1, pad_id=0,
+                       batch_size=2)
+    for prompt, n, tokens in zip(prompts, budgets, got):
+        assert tokens == _greedy_by_recomputation(model, prompt, n, -1)

@@ -4,7 +4,8 @@ Every evaluation number starts here. ``score_sequences`` turns tokenised sequenc
 (:class:`jaxunlearn.data.batch.Encoded`: QA pairs or raw texts) into per-sequence
 log-probabilities, token counts, teacher-forced greedy accuracy and the two Min-K
 membership scores, plus the per-position arrays the host needs for the rest
-(secret-only masks, ZLib, extraction strength). ``greedy_generate`` decodes answers.
+(secret-only masks, ZLib, extraction strength). ``greedy_generate``
+(``eval.generate.generate_ids``) decodes answers.
 
 Speed: sequences are sorted by length, cut into batches of a fixed size and padded
 to a bucket length, so a whole evaluation compiles a handful of shapes; the jitted
@@ -33,7 +34,7 @@ from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data.batch import Batch, Encoded, bucket_length, collate, encode_qa, encode_text
 from jaxunlearn.errors import DataError
 from jaxunlearn.eval import mia
-from jaxunlearn.eval.generate import generate, left_pad
+from jaxunlearn.eval.generate import generate_ids
 from jaxunlearn.eval.memorization_metrics import greedy_correct
 from jaxunlearn.models.outputs import forward
 
@@ -204,34 +205,6 @@ def score_texts(model, tokenizer, texts: Sequence[str], **kwargs) -> SequenceSco
     return score_sequences(model, encoded, pad_id=batch_lib.pad_id(tokenizer), **kwargs)
 
 
-def greedy_generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                    eos_id: int, pad_id: int, batch_size: int = 32,
-                    prompt_multiple: int = 16) -> list[list[int]]:
-    """Greedy continuations (token ids, EOS excluded) of N tokenised prompts.
-
-    Prompts are decoded ``batch_size`` at a time with the KV-cache decoder
-    (``eval.generate.generate``), all left-padded to the longest prompt rounded up to
-    ``prompt_multiple``; the last batch is filled with copies of its first prompt, so
-    the whole call has one shape (one compilation, shared by every model of the same
-    architecture). Sorting by length lets a batch stop early together (at EOS).
-    Output in input order.
-    """
-    _check_batch_size(batch_size)
-    if not prompts:
-        raise DataError("prompts: nothing to generate from")
-    if any(len(p) == 0 for p in prompts):
-        raise DataError("prompts: every prompt needs at least one token")
-    order = np.argsort([len(p) for p in prompts], kind="stable")
-    width = -(-max(len(p) for p in prompts) // prompt_multiple) * prompt_multiple
-    out: list[list[int]] = [[] for _ in prompts]
-    for start in range(0, len(prompts), batch_size):
-        interrupts.check("between generation batches")
-        idx = order[start:start + batch_size]
-        chunk = [list(prompts[i]) for i in idx]
-        chunk += [chunk[0]] * (batch_size - len(chunk))
-        ids, mask = left_pad(chunk, pad_id, multiple=width)
-        gen = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_id=eos_id,
-                       pad_id=pad_id)
-        for row, i in enumerate(idx):
-            out[i] = gen.tokens[row, :gen.lengths[row]].tolist()
-    return out
+# Greedy decoding of many prompts (bucketed KV-cache programs, per-prompt budgets):
+# ``eval.generate.generate_ids``, under the name the evaluation has always called.
+greedy_generate = generate_ids

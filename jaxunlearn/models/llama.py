@@ -553,15 +553,20 @@ class Llama(nnx.Module):
         return head.astype(self.config.compute_dtype)
 
     def forward(self, input_ids, attention_mask=None, positions=None, *,
-                cache: KVCache | None = None, hidden_layer: int | None = None) -> LlamaOutput:
+                cache: KVCache | None = None, hidden_layer: int | None = None,
+                last_only: bool = False) -> LlamaOutput:
         """Full forward pass; see ``__call__``.
 
         With ``cache`` the ``T`` new tokens are written at ``cache.index`` and
         ``attention_mask`` covers all ``S`` cache slots ``[B, S]`` (1 = a real token
         written now or earlier). ``hidden_layer=i`` also returns the residual stream
-        after block ``i`` (``[B, T, D]``, used by RMU; ``0 <= i < L``).
+        after block ``i`` (``[B, T, D]``, used by RMU; ``0 <= i < L``). ``last_only``
+        returns the logits of the last position only (``[B, 1, V]``: a decoder's prefill
+        reads nothing else, and the LM head is a large part of a small model's work).
         """
         x, new_cache, hidden = self._trunk(input_ids, attention_mask, positions, cache, hidden_layer)
+        if last_only:
+            x = x[:, -1:]
         logits = jnp.einsum("BTD,DV->BTV", x, self.output_head())
         return LlamaOutput(logits=logits, cache=new_cache, hidden=hidden)
 

@@ -30,7 +30,7 @@ def extraction_likelihoods(model, tokenizer, plan: CanaryPlan, options: SuiteCon
                            ) -> dict[int, float]:
     """``{canary index: EL_n}`` for the canaries in ``options.el_splits``."""
     targets: dict[int, list[int]] = {}
-    prompts, owners = [], []
+    prompts, owners, budgets = [], [], []
     for i, c in enumerate(plan.records):
         target = [int(t) for t in plan.docs[i].token_ids[:-1]]  # bos + text, no eos
         if c["split"] not in options.el_splits or len(target) <= options.el_n:
@@ -39,12 +39,10 @@ def extraction_likelihoods(model, tokenizer, plan: CanaryPlan, options: SuiteCon
         for p in memorization_metrics.extraction_likelihood_prefixes(len(target), options.el_n):
             prompts.append(target[:p])
             owners.append(i)
+            budgets.append(len(target) - p)  # the continuation is cut at the target's length
     if not prompts:
         return {}
-    # Continuations are cut at the target's length: decode no further than that
-    # (rounded up to 16, so all canary sets share few shapes).
-    longest = max(len(t) for t in targets.values())
-    gens = greedy_generate(model, prompts, max_new_tokens=-(-longest // 16) * 16,
+    gens = greedy_generate(model, prompts, max_new_tokens=budgets,
                            eos_id=tokenizer.eos_token_id, pad_id=pad_id(tokenizer),
                            batch_size=options.batch_size)
     conts: dict[int, list[list[int]]] = {i: [] for i in targets}
