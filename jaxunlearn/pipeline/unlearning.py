@@ -11,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+from flax import nnx
+
 from jaxunlearn import methods, storage, validate
 from jaxunlearn.data import tofu
 from jaxunlearn.data.forget_retain import prepare_data
@@ -20,6 +23,7 @@ from jaxunlearn.models import load_tokenizer, save_pretrained
 from jaxunlearn.pipeline.provision import build_model, provenance
 from jaxunlearn.pipeline.training import model_dir
 from jaxunlearn.train import checkpoint as ckpt_lib
+from jaxunlearn.train import distributed
 from jaxunlearn.train import mesh as mesh_lib
 
 __all__ = ["target_path", "run_unlearning"]
@@ -76,9 +80,10 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
                            + [e.length for e in prepared.retain], config,
                            what=f"{cfg.data.forget}/{cfg.data.retain_split} sequences")
 
-    if not resume and ckpt_lib.remove_checkpoints(ckpt_dir):
+    if not resume and distributed.is_primary() and ckpt_lib.remove_checkpoints(ckpt_dir):
         print(f"starting over: removed the checkpoints of an earlier run in {ckpt_dir} "
               "(--resume continues one)", file=sys.stderr)
+    distributed.barrier("old checkpoints removed")  # the other processes look next
     print(f"unlearning {cfg.data.forget} ({len(forget)} records, retain {len(retain)}) from "
           f"{path} with {method.name}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -94,14 +99,18 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
                            checkpoint_dir=ckpt_dir, resume=resume, fingerprint=fingerprint,
                            progress=progress)
     seconds = time.perf_counter() - t0
-    # safety: unlearn.json is committed with the model, in one rename
-    save_pretrained(result.model, config, out, tokenizer=tokenizer, field="output_dir",
-                    extra_json={"unlearn.json": {
-                        "method": method.to_dict(), "target": str(path),
-                        "forget": cfg.data.forget, "retain": cfg.data.retain_split,
-                        "seconds": round(seconds, 2), "updates": len(result.history),
-                        "history": result.history, **provenance(cfg, mesh)}})
-    ckpt_lib.remove_checkpoints(ckpt_dir)
+    if jax.process_count() > 1:  # the weights, whole, on every host (a gather)
+        nnx.update(result.model, distributed.to_host(nnx.state(result.model)))
+    if distributed.is_primary():  # one writer per job
+        # safety: unlearn.json is committed with the model, in one rename
+        save_pretrained(result.model, config, out, tokenizer=tokenizer, field="output_dir",
+                        extra_json={"unlearn.json": {
+                            "method": method.to_dict(), "target": str(path),
+                            "forget": cfg.data.forget, "retain": cfg.data.retain_split,
+                            "seconds": round(seconds, 2), "updates": len(result.history),
+                            "history": result.history, **provenance(cfg, mesh)}})
+        ckpt_lib.remove_checkpoints(ckpt_dir)
+    distributed.barrier("unlearned model saved")
     last = result.history[-1] if result.history else {}
     print(f"{method.name}: {len(result.history)} updates in {seconds:.1f}s; forget prob "
           f"{last.get('forget_prob', float('nan')):.4f}, retain prob "
