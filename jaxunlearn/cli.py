@@ -34,11 +34,9 @@ def _use_compilation_cache() -> None:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _use_compilation_cache()
 
-import jax  # noqa: E402
-
 from jaxunlearn import interrupts, report, storage  # noqa: E402
 from jaxunlearn.config import load_config  # noqa: E402
-from jaxunlearn.errors import UserError  # noqa: E402
+from jaxunlearn.errors import MeshError, UserError  # noqa: E402
 from jaxunlearn.pipeline import (demo, evaluate, experiment, tools, training,  # noqa: E402
                                  unlearning)
 from jaxunlearn.train import distributed  # noqa: E402
@@ -124,10 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run as one job of several processes (each process's shards, process 0
+# writing); the others would write their benchmark, tokenizer and reports from every process.
+_DISTRIBUTED_COMMANDS = ("unlearn",)
+
+
 def _start_distributed(cfg, command: str) -> None:
     """Multi-process runs (``distributed``) join the job before any device is touched."""
-    if cfg.distributed:
-        distributed.initialize(cfg.distributed, prefix=f"jaxunlearn {command}")
+    if not cfg.distributed:
+        return
+    if command not in _DISTRIBUTED_COMMANDS:
+        raise MeshError(f"distributed: `jaxunlearn {command}` runs in one process; "
+                        f"multi-process jobs run `jaxunlearn {' / '.join(_DISTRIBUTED_COMMANDS)}`"
+                        " (leave distributed unset here)")
+    distributed.initialize(cfg.distributed, prefix=f"jaxunlearn {command}")
 
 
 def _output_lock(cfg, command: str):
@@ -154,6 +162,7 @@ def _dispatch(args) -> int:
         return report.main_report(args.eval_json)
     if args.command == "run":
         cfg, _ = experiment.read_experiment(args.experiment, args.overrides)
+        _start_distributed(cfg, args.command)
         with _output_lock(cfg, args.command):
             return experiment.run_experiment(args.experiment, args.overrides)
     if args.command == "demo":

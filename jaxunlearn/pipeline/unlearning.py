@@ -17,7 +17,7 @@ from flax import nnx
 from jaxunlearn import methods, storage, validate
 from jaxunlearn.data import tofu
 from jaxunlearn.data.forget_retain import prepare_data
-from jaxunlearn.errors import DataError, UserError
+from jaxunlearn.errors import DataError, MethodError, UserError
 from jaxunlearn.methods import runner
 from jaxunlearn.models import load_tokenizer, save_pretrained
 from jaxunlearn.pipeline.provision import build_model, provenance
@@ -53,9 +53,14 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     splits and their disjointness; mesh vs devices and batch; model and tokenizer; record
     lengths). The result goes to ``<output_dir>/<method name>`` (HF safetensors with the
     tokenizer, written atomically) with ``unlearn.json`` (method, history, timings);
-    checkpoints to ``<output_dir>/checkpoints/unlearn-<name>-<fingerprint>``.
+    checkpoints to ``<output_dir>/checkpoints/unlearn-<name>-<fingerprint>``. In a job of
+    several processes (``train.distributed``; gradient methods) every process computes,
+    process 0 alone writes.
     """
     method = methods.get_method(cfg.method)
+    if jax.process_count() > 1 and isinstance(method, methods.ProcedureMethod):
+        raise MethodError(f"method.name={method.name}: a multi-process job runs the gradient "
+                          f"methods; run {method.name} in one process")
     # safety: both resolve inside output_dir; a foreign directory at `out` is refused now
     out = storage.check_dir_target(validate.inside(cfg.output_dir, method.name,
                                                    field="output_dir"), "output_dir")
