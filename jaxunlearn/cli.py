@@ -36,14 +36,12 @@ def _use_compilation_cache() -> None:
 # owner/name) are fetched when the hub is reachable and fail in one line when not.
 _use_compilation_cache()
 
-import jax  # noqa: E402
-
 from jaxunlearn import interrupts, report, storage  # noqa: E402
 from jaxunlearn.config import load_config  # noqa: E402
-from jaxunlearn.errors import UserError  # noqa: E402
+from jaxunlearn.errors import MeshError, UserError  # noqa: E402
 from jaxunlearn.pipeline import (demo, evaluate, experiment, tools, training,  # noqa: E402
                                  unlearning)
-from jaxunlearn.train.mesh import maybe_initialize_distributed  # noqa: E402
+from jaxunlearn.train import distributed  # noqa: E402
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -145,15 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _start_distributed(cfg) -> None:
-    """Multi-host runs (``distributed=true``) join the job before any device is touched."""
-    maybe_initialize_distributed(cfg.distributed)
+# Commands that run as one job of several processes (each process's shards, process 0
+# writing); the others would write their benchmark, tokenizer and reports from every process.
+_DISTRIBUTED_COMMANDS = ("unlearn",)
+
+
+def _start_distributed(cfg, command: str) -> None:
+    """Multi-process runs (``distributed``) join the job before any device is touched."""
+    if not cfg.distributed:
+        return
+    if command not in _DISTRIBUTED_COMMANDS:
+        raise MeshError(f"distributed: `jaxunlearn {command}` runs in one process; "
+                        f"multi-process jobs run `jaxunlearn {' / '.join(_DISTRIBUTED_COMMANDS)}`"
+                        " (leave distributed unset here)")
+    distributed.initialize(cfg.distributed, prefix=f"jaxunlearn {command}")
 
 
 def _output_lock(cfg, command: str):
-    """The lock of ``cfg.output_dir`` for this command; on a multi-host job only process 0
-    takes it (the hosts of one job may share the directory)."""
-    if cfg.distributed and jax.process_index() != 0:
+    """The lock of ``cfg.output_dir`` for this command; on a multi-process job only process
+    0 takes it (the processes of one job may share the directory)."""
+    if cfg.distributed and not distributed.is_primary():
         return contextlib.nullcontext()
     return storage.output_lock(cfg.output_dir, field="output_dir",
                                command=f"jaxunlearn {command}")
@@ -184,20 +193,21 @@ def _dispatch(args) -> int:
         cfg, _ = experiment.read_experiment(args.experiment, args.overrides)
         if args.print_config:
             return _print_config(cfg)
+        _start_distributed(cfg, args.command)
         with _output_lock(cfg, args.command):
             return experiment.run_experiment(args.experiment, args.overrides)
     if args.command == "demo":
         cfg = load_config(args.config, args.overrides, base=demo.DEFAULTS)
         if args.print_config:
             return _print_config(cfg)
-        _start_distributed(cfg)
+        _start_distributed(cfg, args.command)
         subset = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
         with _output_lock(cfg, args.command):
             return demo.run_demo(cfg, subset)
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         return _print_config(cfg)
-    _start_distributed(cfg)
+    _start_distributed(cfg, args.command)
     with _output_lock(cfg, args.command):
         return _dispatch_run(args, cfg)
 
@@ -218,38 +228,42 @@ def _dispatch_run(args, cfg) -> int:
 def main(argv: list[str] | None = None) -> int:
     with interrupts.deferred():
         args = build_parser().parse_args(argv)
-        return _run(args)
+        try:
+            code, message = _run(args)
+        except BaseException:  # a bug: the other processes of a job stop too
+            distributed.leave(1, "a crash (traceback on its stderr)")
+            raise
+        distributed.leave(code, message)  # no-op outside a multi-process job
+        return code
 
 
-def _run(args) -> int:
-    """``_dispatch`` with every expected failure as one line on stderr and an exit code."""
+def _run(args) -> tuple[int, str]:
+    """``_dispatch`` with every expected failure as one line on stderr: (exit code, line)."""
     prefix = f"jaxunlearn {args.command}"
+
+    def fail(code: int, line: str) -> tuple[int, str]:
+        print(f"{prefix}: {line}", file=sys.stderr)
+        return code, line
+
     try:
         code = _dispatch(args)
     except _user_errors() as e:
-        print(f"{prefix}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return fail(2, f"error: {_one_line(e)}")
     except KeyboardInterrupt as e:
-        print(f"{prefix}: interrupted" + (f": {_one_line(e)}" if str(e) else ""),
-              file=sys.stderr)
-        return 130
+        return fail(130, "interrupted" + (f": {_one_line(e)}" if str(e) else ""))
     except Exception as e:  # noqa: BLE001 (the two faults below are the user's to fix)
         if storage.is_disk_full(e):
-            print(f"{prefix}: error: no space left on device ({_one_line(e)[:300]}); free "
-                  "some space or choose another output_dir (nothing was half-written)",
-                  file=sys.stderr)
-            return 2
+            return fail(2, f"error: no space left on device ({_one_line(e)[:300]}); free "
+                        "some space or choose another output_dir (nothing was half-written)")
         if _out_of_memory(e):
-            print(f"{prefix}: error: out of memory ({_one_line(e)[:300]}); lower "
-                  "train.batch_size (raise train.grad_accum), eval.batch_size or "
-                  "data.max_len", file=sys.stderr)
-            return 2
+            return fail(2, f"error: out of memory ({_one_line(e)[:300]}); lower "
+                        "train.batch_size (raise train.grad_accum), eval.batch_size or "
+                        "data.max_len")
         raise
     if (signum := interrupts.received()) is not None:
-        print(f"{prefix}: interrupted: {interrupts.signal_name(signum)} arrived after the "
-              "outputs were complete", file=sys.stderr)
-        return 130
-    return code
+        return fail(130, f"interrupted: {interrupts.signal_name(signum)} arrived after the "
+                    "outputs were complete")
+    return code, ""
 
 
 if __name__ == "__main__":

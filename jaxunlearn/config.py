@@ -30,6 +30,7 @@ from jaxunlearn.eval.progress import PROGRESS_METRICS
 from jaxunlearn.models.llama import REMAT_POLICIES
 from jaxunlearn.models.lora import LoraConfig
 from jaxunlearn.models.presets import PRESETS
+from jaxunlearn.train.distributed import DistributedConfig
 from jaxunlearn.train.mesh import MeshConfig
 from jaxunlearn.train.step import OptimizerConfig
 from jaxunlearn.train.tracking import TRACKERS
@@ -218,9 +219,14 @@ class RunConfig:
     method: dict = dataclasses.field(default_factory=lambda: {"name": "npo"})
     output_dir: str = "runs/default"
     seed: int = 0
-    distributed: bool = False
+    # A multi-process job to join: true (JAX detects the cluster), a mapping of
+    # DistributedConfig keys, or false/None (one process). Read back as the config or None.
+    distributed: DistributedConfig | bool | None = None
 
     def __post_init__(self):
+        if isinstance(self.distributed, bool):
+            object.__setattr__(self, "distributed",
+                               DistributedConfig() if self.distributed else None)
         if not 0 <= self.seed <= INT_MAX:
             raise ConfigError(f"seed must be an integer from 0 to {INT_MAX}, got {self.seed}")
         self._check_batch_memory()

@@ -743,7 +743,9 @@ def question_lone_surrogate(w, ws):
 
 @case  # a subprocess: jax.distributed needs a fresh interpreter
 def distributed_on_a_single_host(w, ws):
-    return unlearn(w, ws, "distributed=true"), ("distributed=true", "single host")
+    return unlearn(w, ws, "distributed=true"), (
+        "distributed", "distributed.coordinator_address", "distributed.num_processes",
+        "distributed.process_id", "single host")
 
 
 # --- issue 21: no longer accepted silently

@@ -44,7 +44,7 @@ from jaxunlearn.errors import MethodError
 from jaxunlearn.models import compact
 from jaxunlearn.models import lora as lora_lib
 from jaxunlearn.models.outputs import forward
-from jaxunlearn.train import finetune
+from jaxunlearn.train import distributed, finetune
 from jaxunlearn.train import loop as loop_lib
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train import step as step_lib
@@ -88,8 +88,8 @@ def _score(fn, args, encoded, seq_len: int, batch_size: int, pad_id: int, mesh) 
     place = (lambda b: mesh_lib.shard_batch(b, mesh)) if mesh is not None else jax.device_put
     parts = []
     for eb in batch_lib.iterate_eval_batches(encoded, batch_size, pad_id=pad_id, seq_len=seq_len):
-        out = jax.device_get(fn(*args, place(eb.batch)))
-        parts.append(jax.tree.map(lambda x: np.asarray(x)[:eb.num_real], out))
+        out = distributed.to_host(fn(*args, place(eb.batch)))  # rows of every process
+        parts.append(jax.tree.map(lambda x: x[:eb.num_real], out))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
 

@@ -9,10 +9,14 @@ chunks as open-unlearning's ``PretrainingDataset`` (it uses 2048).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
 from pathlib import Path
+
+import jax
+from flax import nnx
 
 from jaxunlearn import methods, storage, validate
 from jaxunlearn.data import muse, tofu
@@ -30,6 +34,7 @@ from jaxunlearn.models.io import save_adapters
 from jaxunlearn.models.lora import merge_adapters
 from jaxunlearn.pipeline.training import model_dir
 from jaxunlearn.train import checkpoint as ckpt_lib
+from jaxunlearn.train import distributed
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train import tracking
 
@@ -114,7 +119,9 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     instead, naming the target as their base) with ``unlearn.json`` (method, history,
     timings, and ``reference_cache``: full-vocabulary or top-K reference distributions,
     with the tail mass when truncated);
-    checkpoints to ``<output_dir>/checkpoints/unlearn-<name>-<fingerprint>``.
+    checkpoints to ``<output_dir>/checkpoints/unlearn-<name>-<fingerprint>``. In a job of
+    several processes (``train.distributed``; gradient methods) every process computes,
+    process 0 alone writes.
 
     ``train.log_every``: history records to ``<output_dir>/logs/<name>/metrics.jsonl`` (and
     TensorBoard / W&B with ``train.tracker``). ``train.eval_every``: the progress
@@ -131,6 +138,12 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     if lora is not None and cfg.train.eval_every:
         # the progress evaluation reads whole models; a LoRA state holds the adapters only
         raise UserError("train.eval_every: not available with model.lora yet "
+                        "(set train.eval_every=0)")
+    if jax.process_count() > 1 and isinstance(method, methods.ProcedureMethod):
+        raise MethodError(f"method.name={method.name}: a multi-process job runs the gradient "
+                          f"methods; run {method.name} in one process")
+    if jax.process_count() > 1 and cfg.train.eval_every:
+        raise UserError("train.eval_every: not available in a multi-process job yet "
                         "(set train.eval_every=0)")
     # safety: both resolve inside output_dir; a foreign directory at `out` is refused now
     out = storage.check_dir_target(validate.inside(cfg.output_dir, method.name,
@@ -178,9 +191,10 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
                            what=f"{cfg.data.forget}/{retain_name} sequences")
     monitor = _monitor(cfg, method, model, config, tokenizer, forget, retain, best_dir, resume)
 
-    if not resume and ckpt_lib.remove_checkpoints(ckpt_dir):
+    if not resume and distributed.is_primary() and ckpt_lib.remove_checkpoints(ckpt_dir):
         print(f"starting over: removed the checkpoints of an earlier run in {ckpt_dir} "
               "(--resume continues one)", file=sys.stderr)
+    distributed.barrier("old checkpoints removed")  # the other processes look next
     print(f"unlearning {cfg.data.forget} ({len(forget)} records, retain {len(retain)}) from "
           f"{path} with {method.name}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -194,14 +208,17 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
                 break
             except DataError:
                 never_seen = ()
-    with tracking.Tracker(log_dir, kind=cfg.train.tracker, name=f"unlearn-{method.name}",
-                          config=cfg.to_dict(), fresh=not resume) as tracker:
+    tracker = (tracking.Tracker(log_dir, kind=cfg.train.tracker, name=f"unlearn-{method.name}",
+                                config=cfg.to_dict(), fresh=not resume)
+               if distributed.is_primary() else contextlib.nullcontext())  # one writer
+    with tracker:
         result = runner.unlearn_model(
             model, tokenizer, forget, retain, method, cfg.train, mesh=mesh,
             never_seen_records=never_seen, seed=cfg.seed, max_len=cfg.data.max_len,
             truncate=cfg.data.truncate, checkpoint_dir=ckpt_dir, resume=resume,
             fingerprint=fingerprint, progress=progress,
-            hooks=(monitor.hook(),) if monitor else (), log=tracker.log,
+            hooks=(monitor.hook(),) if monitor else (),
+            log=getattr(tracker, "log", None),
             log_every=cfg.train.log_every, lora=lora)
     seconds = time.perf_counter() - t0
     unlearned, best = result.model, None
@@ -210,21 +227,25 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
         last_step = result.history[-1]["step"] if result.history else 0
         if best["step"] != last_step:  # the last update is not the best one: load that
             unlearned = monitor.best_model()
+    if jax.process_count() > 1:  # the weights, whole, on every host (a gather)
+        nnx.update(unlearned, distributed.to_host(nnx.state(unlearned)))
     record = {"unlearn.json": {
         "method": method.to_dict(), "target": str(path), "forget": cfg.data.forget,
         "retain": retain_name, "seconds": round(seconds, 2), "updates": len(result.history),
         "history": result.history, **result.info, "best": best,
         "metrics_log": str(log_dir / tracking.METRICS_FILE), **provenance(cfg, mesh)}}
-    # safety: unlearn.json is committed with the model, in one rename
-    if lora is not None and lora.save == "adapters":
-        # PEFT's layout; loading the directory loads the target with them merged in
-        save_adapters(unlearned, lora, out, base_model=str(path.resolve()),
-                      tokenizer=tokenizer, field="output_dir", extra_json=record)
-    else:
-        merged = unlearned if lora is None else merge_adapters(unlearned)
-        save_pretrained(merged, config, out, tokenizer=tokenizer, field="output_dir",
-                        extra_json=record)
-    ckpt_lib.remove_checkpoints(ckpt_dir)
+    if distributed.is_primary():  # one writer per job
+        # safety: unlearn.json is committed with the model, in one rename
+        if lora is not None and lora.save == "adapters":
+            # PEFT's layout; loading the directory loads the target with them merged in
+            save_adapters(unlearned, lora, out, base_model=str(path.resolve()),
+                          tokenizer=tokenizer, field="output_dir", extra_json=record)
+        else:
+            merged = unlearned if lora is None else merge_adapters(unlearned)
+            save_pretrained(merged, config, out, tokenizer=tokenizer, field="output_dir",
+                            extra_json=record)
+        ckpt_lib.remove_checkpoints(ckpt_dir)
+    distributed.barrier("unlearned model saved")
     if monitor is not None:
         monitor.clear()
     if best is not None:

@@ -13,6 +13,12 @@ the directory is renamed to ``step_...`` last, so a killed save never looks comp
 (a ``step_*`` directory either has everything or does not exist). Non-finite
 parameters or optimiser moments are refused before anything is written.
 
+A job of several processes (``train.distributed``) writes one checkpoint: every process
+saves the shards it holds through orbax's multi-process support, process 0 alone
+prepares the directory, writes the sidecar and renames. Restore reads into the target's
+shardings whatever layout wrote it: a checkpoint of two processes resumes in one, and
+one of one process in two.
+
 Restore checks the sidecar against what the caller expects (same fingerprint, same
 model config, same leaves with the same shapes and dtypes) and raises
 :class:`~jaxunlearn.models.io.CheckpointError` naming the directory and the mismatch.
@@ -25,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -35,6 +40,7 @@ import numpy as np
 
 from jaxunlearn import resources, storage
 from jaxunlearn.errors import CheckpointError
+from jaxunlearn.train import distributed
 from jaxunlearn.train.step import TrainState
 
 FORMAT_VERSION = 1
@@ -94,7 +100,7 @@ def _finite_flags(leaves):
 
 
 def _check_finite(leaves: Sequence[jax.Array], names: Sequence[str], where: Path) -> None:
-    flags = np.asarray(_finite_flags(list(leaves)))  # one compiled check for the whole state
+    flags = distributed.to_host(_finite_flags(list(leaves)))  # one check for the whole state
     if not flags.all():
         raise CheckpointError(f"{where}: refusing to save non-finite values "
                               f"({names[int(np.argmin(flags))]})")
@@ -145,37 +151,52 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, meta: Check
     if final.is_symlink():
         raise CheckpointError(f"{final}: a symbolic link where a checkpoint goes; refusing "
                               "to write through it")
-    directory.mkdir(parents=True, exist_ok=True)
-    resources.check_fits(sum(int(x.nbytes) for x in leaves) + (1 << 20),
-                         resources.free_disk(directory), subject=f"checkpoint {final}",
-                         estimate="disk", where="the free space of its file system")
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=directory))
+    # A job of several processes writes one checkpoint: every process writes its own
+    # shards through orbax (which coordinates them); process 0 prepares the directory,
+    # writes the sidecar and commits. The barriers keep the others in step with it.
+    tmp = directory / f"{_TMP_PREFIX}{final.name}"
+    primary = distributed.is_primary()
+    if primary:
+        directory.mkdir(parents=True, exist_ok=True)
+        resources.check_fits(sum(int(x.nbytes) for x in leaves) + (1 << 20),
+                             resources.free_disk(directory), subject=f"checkpoint {final}",
+                             estimate="disk", where="the free space of its file system")
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed save of the same step
+        tmp.mkdir()
+    distributed.barrier(f"checkpoint {final} prepared")
     try:
         _checkpointer().save(tmp / "state", args=_save_args(leaves))
-        sidecar = {
-            "format_version": FORMAT_VERSION,
-            "step": meta.step, "epoch": meta.epoch, "batch_index": meta.batch_index,
-            "fingerprint": meta.fingerprint, "model_config": meta.model_config,
-            "key_impl": key_impl,
-            "leaves": [[n, list(s), d] for n, (s, d) in zip(names, _leaf_specs(leaves))],
-            "history": [dict(h) for h in meta.history],
-        }
-        with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
-            fh.write(storage.json_text(sidecar, indent=None, sort_keys=True))  # NaN -> null
-            fh.flush()
-            os.fsync(fh.fileno())
-        _fsync(tmp)
-        if final.exists():  # the same step saved again (e.g. interrupted right after a save)
-            _remove(final)
-        os.rename(tmp, final)  # the commit point
-        _fsync(directory)
+        if primary:
+            _commit(tmp, final, directory, {
+                "format_version": FORMAT_VERSION,
+                "step": meta.step, "epoch": meta.epoch, "batch_index": meta.batch_index,
+                "fingerprint": meta.fingerprint, "model_config": meta.model_config,
+                "key_impl": key_impl,
+                "leaves": [[n, list(s), d] for n, (s, d) in zip(names, _leaf_specs(leaves))],
+                "history": [dict(h) for h in meta.history],
+            })
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if primary:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if keep is not None:
+    if primary and keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
             _remove(old)
+    distributed.barrier(f"checkpoint {final} committed")
     return final
+
+
+def _commit(tmp: Path, final: Path, directory: Path, sidecar: dict) -> None:
+    """Writes ``meta.json`` into ``tmp``, flushes, renames ``tmp`` to ``final``."""
+    with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
+        fh.write(storage.json_text(sidecar, indent=None, sort_keys=True))  # NaN -> null
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync(tmp)
+    if final.exists():  # the same step saved again (e.g. interrupted right after a save)
+        _remove(final)
+    os.rename(tmp, final)  # the commit point
+    _fsync(directory)
 
 
 def _remove(path: Path) -> None:

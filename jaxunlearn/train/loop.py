@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from jaxunlearn import interrupts
 from jaxunlearn.errors import CheckpointError, NonFiniteError
 from jaxunlearn.train import checkpoint as ckpt
+from jaxunlearn.train import distributed
 from jaxunlearn.train import mesh as mesh_lib
 from jaxunlearn.train.step import TrainState
 
@@ -146,7 +147,8 @@ def batch_placer(mesh=None, grad_accum: int = 1) -> Callable[[Any], Any]:
             return jax.device_put(batch)
         if grad_accum > 1:
             spec = jax.sharding.PartitionSpec(None, mesh_lib.BATCH_AXES)
-            return jax.device_put(batch, jax.sharding.NamedSharding(mesh, spec))
+            sharding = jax.sharding.NamedSharding(mesh, spec)
+            return jax.tree.map(lambda x: mesh_lib.place_global(x, sharding), batch)
         return mesh_lib.shard_batch(batch, mesh)
 
     return place
@@ -205,7 +207,8 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
         checkpoint_dir = Path(checkpoint_dir)
         if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
             raise CheckpointError(f"{checkpoint_dir}: exists and is not a directory")
-        ckpt.remove_stale_temps(checkpoint_dir)
+        if distributed.is_primary():
+            ckpt.remove_stale_temps(checkpoint_dir)
         latest = ckpt.latest_checkpoint(checkpoint_dir)
         if latest is not None and not resume:
             raise CheckpointError(f"{checkpoint_dir}: already holds checkpoints (newest "
@@ -284,5 +287,7 @@ def run_loop(step_fn: StepFn, state: TrainState, source: BatchSource, *, total_s
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled,
+    # One bar per job: process 0's.
+    return tqdm(total=total, initial=initial, desc=desc,
+                disable=not (enabled and distributed.is_primary()),
                 dynamic_ncols=True, file=sys.stderr, leave=False)

@@ -142,21 +142,15 @@ def check_batch_divides(batch_size: int, mesh: Mesh, field: str = "batch_size") 
                         f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
 
 
+def place_global(x: Any, sharding: NamedSharding) -> jax.Array:
+    """The global array ``x`` (a host array, the same on every process) laid out as
+    ``sharding``: each process puts on its own devices only the slices they hold."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-    """Places a host batch (pytree of ``[B, ...]`` numpy arrays) on the mesh."""
-    return jax.device_put(batch, batch_sharding(mesh))
-
-
-def maybe_initialize_distributed(enabled: bool) -> None:
-    """Multi-host runs call ``jax.distributed.initialize()`` first; nothing else changes.
-
-    Without a cluster to join (no coordinator given or detected, e.g. ``distributed=true``
-    on a single host) JAX's error becomes a ``MeshError``: one line, exit 2.
-    """
-    if enabled:
-        try:
-            jax.distributed.initialize()
-        except (ValueError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise MeshError(f"distributed=true: cannot join a multi-host job ({first}); on a "
-                            "single host leave distributed=false") from None
+    """Places a host batch (pytree of ``[B, ...]`` numpy arrays) on the mesh: rows split
+    over ``("data", "fsdp")``, each process feeding its own devices' rows."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda x: place_global(x, sharding), batch)

@@ -155,12 +155,21 @@ def init_train_state(params, optimizer: optax.GradientTransformation, key: jax.A
     step = jnp.zeros((), jnp.int32)
     if mesh is not None:
         rep = mesh_lib.replicated(mesh)
-        step, key = jax.device_put(step, rep), jax.device_put(key, rep)
+        step, key = jax.device_put(step, rep), _replicate_key(key, rep)
         # Scalars such as Adam's count come out on one device; replicate them on the mesh.
         opt_state = jax.tree.map(
             lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding)
             else jax.device_put(x, rep), opt_state)
     return TrainState(params=params, opt_state=opt_state, step=step, key=key)
+
+
+def _replicate_key(key: jax.Array, rep) -> jax.Array:
+    """``key`` on every device of the mesh; a typed key goes as its raw data (``device_put``
+    places typed keys on this process's devices only)."""
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.device_put(key, rep)
+    return jax.random.wrap_key_data(jax.device_put(jax.random.key_data(key), rep),
+                                    impl=jax.random.key_impl(key))
 
 
 def state_shardings(state: TrainState) -> Any:
