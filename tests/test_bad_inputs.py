@@ -1,7 +1,8 @@
 """Bad input through the real command line: exit 2, one line naming the problem, no litter.
 
-Every case runs ``python -m jaxunlearn.cli ...`` in its own subprocess (three at a
-time) from its own working directory, on fixtures built once per module: a benchmark
+Every case runs ``jaxunlearn.cli.main([...])`` in this process (a few that need a fresh
+interpreter run ``python -m jaxunlearn.cli ...`` in a subprocess) from its own working
+directory, on fixtures built once per module: a benchmark
 written by ``jaxunlearn generate-data --people 12`` and a tiny model saved with
 ``save_pretrained``. A case passes when the command
 
@@ -15,6 +16,7 @@ written by ``jaxunlearn generate-data --people 12`` and a tiny model saved with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -160,9 +162,10 @@ CASES: dict[str, Builder] = {}
 XFAIL: dict[str, str] = {}
 
 
-# Cases run in this process through ``jaxunlearn.cli.main`` (no interpreter start-up:
-# they fail within a second), all others in a subprocess each.
-IN_PROCESS: set[str] = set()
+# Cases run in a subprocess each (a fresh interpreter: ``jax.distributed`` can be joined
+# once per process); all others run in this process through ``jaxunlearn.cli.main``, in
+# their own working directory (no interpreter start-up: most fail within a second).
+SUBPROCESS: set[str] = set()
 
 
 def case(fn: Builder) -> Builder:
@@ -170,8 +173,8 @@ def case(fn: Builder) -> Builder:
     return fn
 
 
-def in_process(fn: Builder) -> Builder:
-    IN_PROCESS.add(fn.__name__)
+def in_subprocess(fn: Builder) -> Builder:
+    SUBPROCESS.add(fn.__name__)
     return fn
 
 
@@ -307,7 +310,7 @@ def overlap_same_person(w, ws):
 
 @case
 def benchmark_dir_missing(w, ws):
-    return unlearn(w, ws, bench=ws / "no_such_bench"), ("no_such_bench", "no such benchmark")
+    return unlearn(w, ws, bench=ws / "no_such_bench"), ("no_such_bench", "no benchmark at")
 
 
 @case
@@ -376,7 +379,7 @@ def mesh_needs_more_devices(w, ws):
 @case
 def mesh_does_not_divide_batch(w, ws):
     return (unlearn(w, ws, "mesh.data=2", "mesh.fsdp=2", "train.batch_size=6"),
-            ("train.batch_size=6", "4 devices"))
+            ("train.batch_size=6", "4 batch shards"))
 
 
 # --- models and checkpoints
@@ -562,7 +565,6 @@ def generate_data_over_a_model(w, ws):
 
 # --- issue 21: outputs never replace foreign data or leave output_dir
 @case
-@in_process
 def convert_into_foreign_dir(w, ws):
     (ws / "out" / "converted").mkdir(parents=True)
     (ws / "out" / "converted" / "my_notes.txt").write_text("the user's own file")
@@ -570,7 +572,6 @@ def convert_into_foreign_dir(w, ws):
 
 
 @case
-@in_process
 def convert_onto_existing_file(w, ws):
     (ws / "out").mkdir()
     (ws / "out" / "converted").write_text("the user's own file")
@@ -578,7 +579,6 @@ def convert_onto_existing_file(w, ws):
 
 
 @case
-@in_process
 def checkpoints_symlink_leaves_output_dir(w, ws):
     (ws / "elsewhere").mkdir()
     (ws / "out").mkdir()
@@ -587,7 +587,6 @@ def checkpoints_symlink_leaves_output_dir(w, ws):
 
 
 @case
-@in_process
 def method_output_symlink_leaves_output_dir(w, ws):
     (ws / "elsewhere").mkdir()
     (ws / "out").mkdir()
@@ -596,7 +595,6 @@ def method_output_symlink_leaves_output_dir(w, ws):
 
 
 @case
-@in_process
 def method_output_is_foreign_dir(w, ws):
     (ws / "out" / "npo").mkdir(parents=True)
     (ws / "out" / "npo" / "results.csv").write_text("the user's own file")
@@ -604,7 +602,6 @@ def method_output_is_foreign_dir(w, ws):
 
 
 @case
-@in_process
 def output_dir_is_a_file(w, ws):
     (ws / "out").write_text("the user's own file")
     return unlearn(w, ws), ("output_dir", "not a directory")
@@ -612,7 +609,6 @@ def output_dir_is_a_file(w, ws):
 
 # --- issue 21: sizes refused from metadata, before anything is allocated
 @case
-@in_process
 def config_json_billion_layers(w, ws):
     m = model_copy(w, ws)
     edit_json(m / "config.json", lambda c: {**c, "num_hidden_layers": 1_000_000_000})
@@ -620,7 +616,6 @@ def config_json_billion_layers(w, ws):
 
 
 @case
-@in_process
 def config_json_absurd_heads(w, ws):
     m = model_copy(w, ws)
     edit_json(m / "config.json", lambda c: {**c, "num_attention_heads": 10**12, "head_dim": 32})
@@ -628,7 +623,6 @@ def config_json_absurd_heads(w, ws):
 
 
 @case
-@in_process
 def config_json_zero_heads(w, ws):
     m = model_copy(w, ws)
     edit_json(m / "config.json", lambda c: {**c, "num_attention_heads": 0})
@@ -636,7 +630,6 @@ def config_json_zero_heads(w, ws):
 
 
 @case
-@in_process
 def gguf_absurd_block_count(w, ws):
     write_llama_gguf(ws / "deep.gguf", block_count=1_000_000_000)
     return ["convert", ws / "deep.gguf", "--out", ws / "out" / "converted"], (
@@ -644,7 +637,6 @@ def gguf_absurd_block_count(w, ws):
 
 
 @case
-@in_process
 def gguf_empty_file(w, ws):
     (ws / "empty.gguf").write_bytes(b"")
     return ["convert", ws / "empty.gguf", "--out", ws / "out" / "converted"], (
@@ -652,7 +644,6 @@ def gguf_empty_file(w, ws):
 
 
 @case
-@in_process
 def yaml_alias_bomb(w, ws):
     # 413 bytes that expand to 9^9 list items through aliases ("billion laughs").
     levels = ["&a0 [x, x, x, x, x, x, x, x, x]"] + [
@@ -663,21 +654,18 @@ def yaml_alias_bomb(w, ws):
 
 
 @case
-@in_process
 def batch_size_out_of_range(w, ws):
     return unlearn(w, ws, "train.batch_size=100000000000"), ("train.batch_size",
                                                              "100000000000")
 
 
 @case
-@in_process
 def batch_larger_than_memory(w, ws):  # its token arrays alone: 2e9 x 8 x 16 bytes = 256 GB
     return unlearn(w, ws, "train.batch_size=2000000000"), ("train.batch_size=2000000000",
                                                            "GB", "memory")
 
 
 @case
-@in_process
 def batch_cannot_fit_the_model(w, ws):  # 2^26 rows of the tiny model: ~1 TB of activations
     return (unlearn(w, ws, "train.batch_size=67108864"),
             ("train.batch_size=67108864", "GB", "activations"))
@@ -685,21 +673,18 @@ def batch_cannot_fit_the_model(w, ws):  # 2^26 rows of the tiny model: ~1 TB of 
 
 # --- issue 21: one line, not a traceback
 @case
-@in_process
 def config_is_a_directory(w, ws):
     (ws / "conf").mkdir()
     return unlearn(w, ws, "--config", ws / "conf"), ("conf", "directory")
 
 
 @case
-@in_process
 def config_not_utf8(w, ws):
     (ws / "run.yaml").write_bytes(b"train:\n  steps: 1 # caf\xe9\n")
     return unlearn(w, ws, "--config", ws / "run.yaml"), ("run.yaml", "UTF-8", "offset")
 
 
 @case
-@in_process
 def config_duplicate_key(w, ws):
     (ws / "run.yaml").write_text("train:\n  steps: 1\n  steps: 500\n")
     return unlearn(w, ws, "--config", ws / "run.yaml"), ("run.yaml", "line 3", "duplicate",
@@ -707,32 +692,27 @@ def config_duplicate_key(w, ws):
 
 
 @case
-@in_process
 def seed_negative(w, ws):
     return unlearn(w, ws, "seed=-1"), ("seed", "-1")
 
 
 @case
-@in_process
 def seed_out_of_range(w, ws):
     return unlearn(w, ws, f"seed={2**64}"), ("seed", str(2**64), "out of range")
 
 
 @case
-@in_process
 def warmup_steps_out_of_range(w, ws):
     return (unlearn(w, ws, f"train.optimizer.warmup_steps={10**20}"),
             ("warmup_steps", str(10**20)))
 
 
 @case
-@in_process
 def checkpoint_every_negative(w, ws):
     return unlearn(w, ws, "train.checkpoint_every=-1"), ("train.checkpoint_every", "-1")
 
 
 @case
-@in_process
 def question_lone_surrogate(w, ws):
     b = bench_copy(w, ws)
     recs = jsonl(b / "forget10.json")
@@ -741,7 +721,8 @@ def question_lone_surrogate(w, ws):
     return unlearn(w, ws, bench=b), ("forget10.json", "line 3", "'question'", "surrogate")
 
 
-@case  # a subprocess: jax.distributed needs a fresh interpreter
+@case
+@in_subprocess
 def distributed_on_a_single_host(w, ws):
     return unlearn(w, ws, "distributed=true"), (
         "distributed", "distributed.coordinator_address", "distributed.num_processes",
@@ -750,7 +731,6 @@ def distributed_on_a_single_host(w, ws):
 
 # --- issue 21: no longer accepted silently
 @case
-@in_process
 def safetensors_dtype_says_int(w, ws):
     m = model_copy(w, ws)
     blob = (m / "model.safetensors").read_bytes()
@@ -759,7 +739,6 @@ def safetensors_dtype_says_int(w, ws):
 
 
 @case
-@in_process
 def config_json_nan_eps(w, ws):
     m = model_copy(w, ws)
     edit_json(m / "config.json", lambda c: {**c, "rms_norm_eps": float("nan")})
@@ -767,33 +746,28 @@ def config_json_nan_eps(w, ws):
 
 
 @case
-@in_process
 def optimizer_b1_out_of_range(w, ws):
     return unlearn(w, ws, "train.optimizer.b1=1.5"), ("optimizer.b1", "1.5")
 
 
 @case
-@in_process
 def optimizer_eps_negative(w, ws):
     return unlearn(w, ws, "train.optimizer.eps=-1e-8"), ("optimizer.eps", "-1e-08")
 
 
 @case
-@in_process
 def optimizer_clip_norm_infinite(w, ws):
     return unlearn(w, ws, "train.optimizer.clip_norm=.inf"), (
         "train.optimizer.clip_norm", "expected a finite number, got inf")
 
 
 @case
-@in_process
 def learning_rate_infinite(w, ws):
     return unlearn(w, ws, "train.optimizer.learning_rate=.inf"), (
         "train.optimizer.learning_rate", "expected a finite number, got inf")
 
 
 @case
-@in_process
 def overlap_after_unicode_normalisation(w, ws):
     import unicodedata
 
@@ -818,13 +792,18 @@ def _run_case(w: World, name: str) -> tuple[subprocess.CompletedProcess, tuple, 
     ws.mkdir(parents=True)
     argv, expect = CASES[name](w, ws)
     before = tree(ws)
-    result = run_main(argv) if name in IN_PROCESS else run_cli(argv, cwd=ws)
+    if name in SUBPROCESS:
+        result = run_cli(argv, cwd=ws)
+    else:
+        with contextlib.chdir(ws):  # relative outputs land in the case's directory
+            result = run_main(argv)
     return result, expect, before, tree(ws)
 
 
 @pytest.fixture(scope="module")
 def outcomes(world, request) -> dict:
-    """Runs the selected cases (and the valid-command control) three at a time."""
+    """Runs the selected cases here, one after another, while the subprocess cases and the
+    valid-command control run beside them."""
     wanted = {item.callspec.params["name"] for item in request.session.items
               if getattr(item, "originalname", "") == "test_bad_input"
               and hasattr(item, "callspec")}
@@ -832,11 +811,11 @@ def outcomes(world, request) -> dict:
                                           world.model_short_context)}
     with ThreadPoolExecutor(max_workers=3) as pool:
         futures = {n: pool.submit(_run_case, world, n) for n in CASES
-                   if n in wanted and n not in IN_PROCESS}
+                   if n in wanted and n in SUBPROCESS}
         control = pool.submit(_run_control, world)
         # In this (main) thread meanwhile: cli.main installs signal handlers and
         # redirects sys.stdout/sys.stderr, both of which only one thread may do.
-        done = {n: _run_case(world, n) for n in CASES if n in wanted and n in IN_PROCESS}
+        done = {n: _run_case(world, n) for n in CASES if n in wanted and n not in SUBPROCESS}
         done.update({n: f.result() for n, f in futures.items()})
         done["__control__"] = control.result()
     done["__shared__"] = {p: (b, tree(p)) for p, b in shared_before.items()}

@@ -195,7 +195,7 @@ def missing_provenance(doc: dict, *, devices: int, mesh: dict[str, int]) -> list
     """What of config, seed, versions, device kind/count and mesh ``doc`` does not record.
 
     Expected layout (``report.env_info``, as eval.json has it): ``config`` (the run config,
-    with ``seed``) and ``env: {versions: {...}, devices: {kind, count}, mesh: {data, fsdp}}``.
+    with ``seed``) and ``env: {versions: {...}, devices: {kind, count}, mesh: {data, fsdp, tensor}}``.
     """
     missing = []
     config = doc.get("config")
@@ -224,17 +224,19 @@ def test_provenance_checker_accepts_a_complete_record():
     import jax
 
     doc = {"config": {"seed": SEED}, "env": env_info(make_mesh(2, 4))}
-    assert missing_provenance(doc, devices=len(jax.devices()), mesh={"data": 2, "fsdp": 4}) == []
-    assert "env.mesh (= {'data': 2, 'fsdp': 4})" in missing_provenance(
+    mesh = {"data": 2, "fsdp": 4, "tensor": 1}
+    assert missing_provenance(doc, devices=len(jax.devices()), mesh=mesh) == []
+    assert f"env.mesh (= {mesh})" in missing_provenance(
         {"config": {"seed": SEED}, "env": env_info(None)}, devices=len(jax.devices()),
-        mesh={"data": 2, "fsdp": 4})
+        mesh={"data": 2, "fsdp": 4, "tensor": 1})
 
 
 _OUTPUTS = {
     "unlearn.json": lambda r: r["first"] / "unlearn.json",
     "quality.json": lambda r: r["target"] / "quality.json",
 }
-_MESH = {1: {"data": 1, "fsdp": 1}, 8: {"data": 2, "fsdp": 4}}
+_MESH = {1: {"data": 1, "fsdp": 1, "tensor": 1},
+         8: {"data": 2, "fsdp": 4, "tensor": 1}}
 
 
 @pytest.mark.parametrize("devices", [1, 8])

@@ -72,12 +72,12 @@ MOMENTS = {
     # Between the two models: the second one's first batch is the safe point.
     "between_models": ("""
 from jaxunlearn.eval import suite
-_evaluate = suite._evaluate
+_evaluate = suite.evaluate_data
 def evaluate_then_wait(*a, **k):
     out = _evaluate(*a, **k)
     wait_for_signal()
     return out
-suite._evaluate = evaluate_then_wait
+suite.evaluate_data = evaluate_then_wait
 """, signal.SIGINT, "absent"),
     # The report is rendered but not yet moved into place (it used to leave eval.json
     # and the figures without report.md).

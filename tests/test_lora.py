@@ -79,7 +79,9 @@ def test_fresh_adapters_compute_the_base_and_merged_equals_unmerged(scan_layers)
     trained = _random_adapters(adapted)
     unmerged, merged = trained(ids), lora_lib.merge_adapters(trained)(ids)
     assert float(jnp.abs(unmerged - base(ids)).max()) > 1e-2  # the adapters change the model
-    np.testing.assert_allclose(merged, unmerged, rtol=0, atol=1e-5 * float(jnp.abs(unmerged).max()))
+    # float32 rounding of W + s·BA vs W x + s·B(A x), carried through every layer: a bound
+    # scaled to the logits, 100x below the adapters' own effect checked above
+    np.testing.assert_allclose(merged, unmerged, rtol=0, atol=1e-4 * float(jnp.abs(unmerged).max()))
     # the unrolled and scanned layouts hold the same adapters in the same PEFT tensors
     assert lora_lib.adapter_count(trained) == sum(
         2 * (a + b) for a, b in [(16, 16), (16, 8), (16, 8), (16, 16), (16, 24), (16, 24),

@@ -137,11 +137,6 @@ def _npo_step(mesh):
     logits = jax.jit(lambda p: nnx.merge(graphdef, p)(forget.input_ids, forget.attention_mask))(params)
     ref = np.asarray(losses.sequence_logprob(logits, forget.labels, forget.loss_mask)) - 0.5
     objective = methods.get_method({"name": "npo", "beta": 0.5}).objective(graphdef, CONFIG)
-
-    def loss_fn(p, batch, key):
-        del key
-        return objective(p, batch["forget"], batch["retain"], batch["cache"])
-
     batch = {"forget": {"answer": forget}, "retain": retain,
              "cache": {"ref_logp": {"answer": ref.astype(np.float32)},
                        "weight": np.ones(B, np.float32)}}
@@ -151,7 +146,7 @@ def _npo_step(mesh):
         params = jax.device_put(params, mesh_lib.param_shardings(params, mesh))
         batch = mesh_lib.shard_batch(batch, mesh)
     state = init_train_state(params, opt, jax.random.key(0), mesh)
-    step = make_train_step(loss_fn, opt, mesh=mesh,
+    step = make_train_step(objective, opt, mesh=mesh,
                            state_sharding=state_shardings(state) if mesh else None, donate=False)
     new, metrics = step(state, batch)
     return float(metrics["loss"]), jax.tree.map(jnp.subtract, new.params, params)

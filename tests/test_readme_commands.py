@@ -43,6 +43,18 @@ COVERED = {
        "tests/test_benchmarks.py::test_benchmark_runs_and_prints_its_headline_last"
        for name, args in (("step_vs_torch", ""), ("gemm_floor", ""), ("hvp_vs_grad", ""),
                           ("mfu", " --tiny"), ("memory", ""))},
+    ".venv/bin/python benchmarks/memory.py --search 8,64 --remat full":
+        "tests/test_benchmarks.py::test_memory_mesh_search_compiles_each_mesh_and_reports_the_lowest",
+    "benchmarks/gpu_check.sh":
+        "tests/test_benchmarks.py::test_gpu_check_reduced_mode_prints_one_block_of_finite_figures",
+    # Hub ids and published logs, run on files we write in the same layouts.
+    "jaxunlearn run experiments/tofu_llama32_1b_npo.yaml "
+    "model.path=open-unlearning/tofu_Llama-3.2-1B-Instruct_full data.benchmark=locuslab/TOFU "
+    "retain_logs=saves/eval/tofu_Llama-3.2-1B-Instruct_retain90/TOFU_EVAL.json":
+        "tests/test_experiment.py::test_tofu_experiment_prints_ours_beside_expected",
+    "jaxunlearn eval --logs full=full/eval_log_aggregated.json "
+    "--retain-logs retain90/eval_log_aggregated.json output_dir=runs/tofu_logs":
+        "tests/test_tofu_logs.py::test_cli_eval_from_logs_writes_eval_json",
 }
 # Sizes that keep the chain to a couple of minutes; the commands are the README's.
 SMALL = {"train": ["train.steps=2", "eval.max_new_tokens=4"],
@@ -54,12 +66,14 @@ SMALL = {"train": ["train.steps=2", "eval.max_new_tokens=4"],
 
 
 def readme_commands() -> list[str]:
-    """Each line of every fenced ``sh`` block of the READMEs, its ``# comment`` dropped."""
+    """Each command of every fenced ``sh`` block of the READMEs (``\\``-continued lines
+    joined), its ``# comment`` dropped."""
     out = []
     for path in READMES:
         for block in re.findall(r"```sh\n(.*?)```", path.read_text(), re.S):
+            block = re.sub(r"\\\n", " ", block)  # continued lines are one command
             for line in block.splitlines():
-                command = re.sub(r"\s+#.*$", "", line).strip()
+                command = re.sub(r"(^|\s+)#.*$", "", line).strip()
                 if command:
                     out.append(" ".join(command.split()))
     return out

@@ -46,11 +46,13 @@ def test_config_json_mode_refuses_non_finite_values_naming_the_key():
 
 def test_the_old_json_writers_are_the_strict_one(tmp_path):
     """``train.loop.write_json_atomic`` wrote ``NaN`` (invalid JSON) into quality.json
-    and unlearn.json; ``report.write_json`` and it now share ``storage.write_json``."""
+    and unlearn.json; it is gone, and ``report.write_json`` and the pipeline's writers
+    share ``storage.write_json``."""
     from jaxunlearn import report
     from jaxunlearn.train import loop
 
-    loop.write_json_atomic(tmp_path / "quality.json", {"fact_recall": float("nan")})
+    assert not hasattr(loop, "write_json_atomic")
+    storage.write_json(tmp_path / "quality.json", {"fact_recall": float("nan")})
     report.write_json({"forget_quality": float("-inf")}, tmp_path / "eval.json")
     assert strict_json(tmp_path / "quality.json") == {"fact_recall": None}
     assert strict_json(tmp_path / "eval.json") == {"forget_quality": None}

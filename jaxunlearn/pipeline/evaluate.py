@@ -87,8 +87,9 @@ def main_eval(cfg, model_args: Sequence[str], retain_model_path, *,
     ``--retain-logs PATH`` is the retain reference in place of ``--retain-model``. With
     logs only, no benchmark is read and no model loaded."""
     options = SuiteConfig.from_run_config(cfg)
-    require_benchmark(cfg)
     models = parse_model_args(model_args)
+    if models or retain_model_path is not None:  # logs alone read no benchmark
+        require_benchmark(cfg)
     logged = parse_model_args(log_args, "--logs")
     if not models and not logged and retain_model_path is None and retain_logs_path is None:
         raise UserError("eval: give at least one --model [NAME=]PATH or --logs NAME=PATH")

@@ -139,9 +139,8 @@ class Evaluation:
                 with storage.staged_files(where, "muse") as tmp:
                     storage.write_json(tmp / "MUSE_EVAL.json", result.muse.eval_logs(), indent=4)
                     storage.write_json(tmp / "MUSE_SUMMARY.json", result.muse.summary(), indent=4)
-        path = report.write_outputs(document, out)
         self.write_open_unlearning(out)
-        return path
+        return report.write_outputs(document, out)  # last: eval.json + report mean "done"
 
     def write_open_unlearning(self, out_dir: str | Path) -> None:
         """Per TOFU model, open-unlearning's files: ``<out_dir>/TOFU/<name>/TOFU_SUMMARY.json``

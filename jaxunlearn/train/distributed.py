@@ -106,8 +106,8 @@ class _Job:
                     continue
                 return  # the job is shutting down
             process, code, message = value.split(" ", 2)
-            if int(process) == jax.process_index():
-                return
+            if self.left or int(process) == jax.process_index():
+                return  # this process is leaving on its own: its main thread shuts down
             print(f"{self.prefix}: error: stopped: process {process} of the job failed: "
                   f"{message}", file=sys.stderr, flush=True)
             sys.stdout.flush()
@@ -177,11 +177,22 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
+_shutdown_lock = threading.Lock()
+_shut_down = False
+
+
 def _shutdown() -> None:
-    try:
-        jax.distributed.shutdown()
-    except Exception:  # noqa: BLE001 (leaving anyway; the other processes time out)
-        pass
+    """``jax.distributed.shutdown`` once per process: the main thread and the failure
+    watcher may both get here, and a second, concurrent shutdown crashes the runtime."""
+    global _shut_down
+    with _shutdown_lock:
+        if _shut_down:
+            return
+        _shut_down = True
+        try:
+            jax.distributed.shutdown()
+        except Exception:  # noqa: BLE001 (leaving anyway; the other processes time out)
+            pass
 
 
 def leave(code: int, message: str = "") -> None:
@@ -193,12 +204,12 @@ def leave(code: int, message: str = "") -> None:
     """
     if not joined():
         return
+    _job.left = True  # first: the watcher no longer acts on the other processes' failures
     if code != 0:
         try:
             _jax_distributed.global_state.client.key_value_set(
                 _FAILED_KEY, f"{jax.process_index()} {code} {message or f'exit code {code}'}")
         except Exception:  # noqa: BLE001 (another process failed first: its key stays)
             pass
-    _job.left = True
     _shutdown()
     _job.watcher.join(timeout=2 * _POLL_MS / 1000)

@@ -74,7 +74,8 @@ class Tracker:
                  config: Mapping[str, Any] | None = None, fresh: bool = True):
         require(kind)
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if kind != "none":  # their writers open files now; metrics.jsonl waits for a record
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / METRICS_FILE
         if fresh and self.path.exists():
             self.path.unlink()
@@ -108,7 +109,8 @@ class Tracker:
         if self._pending_trim:
             self._trim(step)
             self._pending_trim = False
-        if self._file is None:
+        if self._file is None:  # created with the first record: a run refused before
+            self.run_dir.mkdir(parents=True, exist_ok=True)  # its first update leaves none
             self._file = open(self.path, "a", encoding="utf-8")
         row = {k: _json_value(v) for k, v in record.items()}
         self._file.write(json.dumps(row, sort_keys=True) + "\n")
