@@ -408,28 +408,53 @@ def save_pretrained(model: Llama, config: LlamaConfig, path: str | os.PathLike, 
     """
     from safetensors.numpy import save_file
 
-    final = storage.check_dir_target(Path(path), field)
-    for name in extra_json or {}:
-        path_component(name, "extra_json")
-    tensors = hf_tensors_from_model(model)
-    for name, t in tensors.items():
-        if not np.all(np.isfinite(t.astype(np.float32))):
-            raise CheckpointError(f"{final}: refusing to save non-finite weights ({name})")
+    final = _checked_target(path, field, extra_json)
+    tensors = _finite(final, hf_tensors_from_model(model))
     nbytes = sum(t.size for t in tensors.values()) * (
         2 if config.param_dtype == "bfloat16" else 4)
     resources.check_fits(nbytes + (1 << 20), resources.free_disk(final.parent),
                          subject=f"{field}: writing {final}", estimate="disk for the weights",
                          where="the free space of its file system")
-    tmp = storage.staging_dir(final)
-    try:
-        hf = config.to_hf()
+
+    def write(tmp: Path) -> None:
+        out = tensors
         if config.param_dtype == "bfloat16":
             # safetensors.numpy knows ml_dtypes' bfloat16 as BF16.
-            tensors = {k: v.astype(jnp.bfloat16) for k, v in tensors.items()}
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            out = {k: v.astype(jnp.bfloat16) for k, v in tensors.items()}
+        save_file(out, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         # NaN in config.json would be invalid JSON (and a different model as null).
-        (tmp / "config.json").write_text(
-            storage.json_text(hf, indent=2, sort_keys=True, nonfinite="error"), encoding="utf-8")
+        (tmp / "config.json").write_text(storage.json_text(
+            config.to_hf(), indent=2, sort_keys=True, nonfinite="error"), encoding="utf-8")
+
+    return _commit_model_dir(final, write, tokenizer=tokenizer, extra_json=extra_json,
+                             field=field)
+
+
+def _checked_target(path: str | os.PathLike, field: str,
+                    extra_json: Mapping[str, Any] | None) -> Path:
+    """The directory a save may write (``storage.check_dir_target``), checked with the
+    names of its ``extra_json`` files before any work."""
+    final = storage.check_dir_target(Path(path), field)
+    for name in extra_json or {}:
+        path_component(name, "extra_json")
+    return final
+
+
+def _finite(final: Path, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    for name, t in tensors.items():
+        if not np.all(np.isfinite(t.astype(np.float32))):
+            raise CheckpointError(f"{final}: refusing to save non-finite weights ({name})")
+    return tensors
+
+
+def _commit_model_dir(final: Path, write: Callable[[Path], None], *, tokenizer,
+                      extra_json: Mapping[str, Any] | None, field: str) -> Path:
+    """``write(staging dir)``, then the tokenizer and ``extra_json`` files beside it, then
+    the staging directory renamed into place (``storage.commit_dir``); removed on any
+    failure, so ``final`` is the old directory or the complete new one."""
+    tmp = storage.staging_dir(final)
+    try:
+        write(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         for name, obj in (extra_json or {}).items():
@@ -475,30 +500,19 @@ def save_adapters(model: Llama, lora: lora_lib.LoraConfig, path: str | os.PathLi
     """
     from safetensors.numpy import save_file
 
-    final = storage.check_dir_target(Path(path), field)
-    for name in extra_json or {}:
-        path_component(name, "extra_json")
+    final = _checked_target(path, field, extra_json)
     tensors = lora_lib.peft_tensors(model)
     if not tensors:
         raise ValueError("save_adapters: the model has no LoRA adapters")
-    for name, t in tensors.items():
-        if not np.all(np.isfinite(t)):
-            raise CheckpointError(f"{final}: refusing to save non-finite weights ({name})")
-    tmp = storage.staging_dir(final)
-    try:
+    _finite(final, tensors)
+
+    def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(storage.json_text(
             lora_lib.peft_config(lora, base_model), indent=2, sort_keys=True), encoding="utf-8")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        for name, obj in (extra_json or {}).items():
-            (tmp / name).write_text(storage.json_text(obj, indent=2, sort_keys=True),
-                                    encoding="utf-8")
-        storage.commit_dir(tmp, final, field=field)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+
+    return _commit_model_dir(final, write, tokenizer=tokenizer, extra_json=extra_json,
+                             field=field)
 
 
 def load_adapters(model: Llama, path: str | os.PathLike) -> tuple[Llama, lora_lib.LoraConfig]:
