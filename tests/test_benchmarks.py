@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_XLA_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["--layers", "1", "--hidden", "32", "--ffn", "64", "--heads", "4", "--kv-heads", "2",
@@ -40,9 +41,9 @@ CASES = {
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_benchmark_runs_and_prints_its_headline_last(script):
     args, headline = CASES[script]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # The scripts choose their own devices; the test session's 8 simulated ones are not theirs.
-    env.pop("XLA_FLAGS", None)
+    # The scripts choose their own devices (the test session's 8 simulated ones are not
+    # theirs); they compile at -O0 as the suite does (toy shapes: compiling is the cost).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": TEST_XLA_FLAGS}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -117,8 +118,8 @@ GPU_CHECK_NUMBERS = ("parity.max_abs_err", "parity.max_rel_err", "parity.argmax_
 
 def test_gpu_check_reduced_mode_prints_one_block_of_finite_figures():
     """``gpu_check.sh`` without a GPU: the reduced mode end to end, as a user runs it."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable}
-    env.pop("XLA_FLAGS", None)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable,
+           "XLA_FLAGS": TEST_XLA_FLAGS}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--reduced",
                            "--peak-tflops", "1"],
                           capture_output=True, text=True, env=env, timeout=600)
