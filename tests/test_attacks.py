@@ -12,7 +12,7 @@ from jaxunlearn.errors import UserError
 from jaxunlearn.eval import attacks, suite
 from jaxunlearn.eval.results import BeforeAfter, ForgetScores
 from jaxunlearn.models import Llama
-from jaxunlearn.models.io import hf_tensors_from_model
+from jaxunlearn.models.hf_layout import hf_tensors_from_model
 from jaxunlearn.models.presets import tiny
 
 OPTIONS = suite.SuiteConfig(forget="forget10", retain="retain90", batch_size=8,

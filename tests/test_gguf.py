@@ -191,7 +191,7 @@ def test_synthetic_file_loads_into_either_layer_layout(tmp_path, scan):
     """Stacked on load (scanned: one [L, ...] array per weight), unstacked on save: the
     model's HF tensors are the file's, exactly, in both layouts."""
     from jaxunlearn.models import load_pretrained
-    from jaxunlearn.models.io import hf_tensors_from_model
+    from jaxunlearn.models.hf_layout import hf_tensors_from_model
 
     write_tiny(tmp_path / "m.gguf", tied=False)
     _, tensors = read_gguf(tmp_path / "m.gguf")
@@ -541,7 +541,7 @@ def test_smollm2_unrolled_layers_equal_scanned(smollm2_pair, ours, tokenizers):
 
     from jaxunlearn.data.batch import encode_prompt
     from jaxunlearn.models import LlamaConfig
-    from jaxunlearn.models.io import model_from_hf_tensors
+    from jaxunlearn.models.hf_layout import model_from_hf_tensors
 
     scanned, _ = smollm2_pair
     config = LlamaConfig.from_hf(ours.config, scan_layers=False)

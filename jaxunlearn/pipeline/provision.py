@@ -23,7 +23,7 @@ from jaxunlearn.data import synthetic, tofu
 from jaxunlearn.data import tokenizer as tok_lib
 from jaxunlearn.errors import UserError
 from jaxunlearn.models import Llama, load_pretrained, load_tokenizer
-from jaxunlearn.models.io import resolve_model_path
+from jaxunlearn.models.hub import resolve_model_path
 from jaxunlearn.models.presets import get_preset, smollm2_gguf_path
 from jaxunlearn.report import env_info
 from jaxunlearn.train import budget

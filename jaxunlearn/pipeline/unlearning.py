@@ -27,7 +27,7 @@ from jaxunlearn.methods import runner
 from jaxunlearn.models import load_tokenizer, save_pretrained
 from jaxunlearn.eval import progress as progress_eval
 from jaxunlearn.models import load_pretrained
-from jaxunlearn.models.io import is_hub_id, resolve_model_path
+from jaxunlearn.models.hub import is_hub_id, resolve_model_path
 from jaxunlearn.pipeline.progress import ProgressMonitor
 from jaxunlearn.pipeline.provision import build_model, provenance, require_benchmark
 from jaxunlearn.models.io import save_adapters
