@@ -70,20 +70,25 @@ def test_tofu_experiment_prints_ours_beside_expected(tmp_path, qa_bench, qa_toke
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("JAXUNLEARN_SMOLLM2_SMOKE") != "1",
-                    reason="SmolLM2-135M on 2 CPU cores takes >15 min (compiles of a 30-layer "
-                    "model); set JAXUNLEARN_SMOLLM2_SMOKE=1 to run it")
 def test_smollm2_synthetic_npo_smoke(tmp_path):
-    """The real pretrained model, fine-tuned and unlearned for 2 steps each, evaluated on a
-    few records: offline, end to end through the CLI."""
+    """The real pretrained model (SmolLM2-135M-Instruct, 30 layers), fine-tuned and unlearned
+    for 2 steps each, evaluated on 4 records a split: offline, end to end through the CLI.
+
+    Sized to run in about 1.5 min on 2 cores (README "Tests"): 10 people, TOFU and MIA
+    metrics (the canary groups' extraction likelihood decodes every canary prefix), one
+    evaluation batch of 16 rows."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "jaxunlearn.cli", "run",
            str(ROOT / "experiments" / "smollm2_synthetic_npo.yaml"), "steps=2",
            f"output_dir={out}", f"data.benchmark={tmp_path / 'bench'}", "data.people=10",
            "data.max_len=96", "data.truncate=true", "train.batch_size=2",
-           "eval.max_records=4", "eval.max_new_tokens=4", "eval.batch_size=4"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ),
-                          timeout=900)
+           "eval.max_records=4", "eval.max_new_tokens=4", "eval.batch_size=16",
+           "eval.metrics=[tofu,mia]"]
+    # The CLI as users run it: one host device and XLA's default optimisation (the test
+    # processes' XLA_FLAGS, 8 host devices at optimisation level 0, more than double the
+    # CPU time of a 135M model's run).
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.rindex('{\n  "experiment"'):])
     assert set(summary["models"]) >= {"target", "npo"}
@@ -91,3 +96,5 @@ def test_smollm2_synthetic_npo_smoke(tmp_path):
     assert {"target", "npo"} <= set(evaluation["models"])
     for name in ("target", "npo"):
         assert evaluation["models"][name]["model_utility"] is not None
+        assert 0.0 <= evaluation["models"][name]["mia_loss_auc"] <= 1.0
+
