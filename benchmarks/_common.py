@@ -56,11 +56,37 @@ def add_model_flags(parser, *, layers=12, hidden=512, ffn=1536, heads=8, kv_head
     g.add_argument("--batch", type=int, default=batch,
                    help="forget rows per step; each is paired with one retain row, as "
                         "train.batch_size in `jaxunlearn unlearn`")
+    g.add_argument("--model", default=None, metavar="PRESET",
+                   help="a model preset's real shapes (e.g. smollm2-135m: L 30, D 576, F 1536, "
+                        "heads 9/3, V 49152, tied), random weights; --layers etc. given "
+                        "explicitly still win")
+
+
+def parse_args(parser, argv=None):
+    """``parser.parse_args(argv)`` where ``--model PRESET`` first sets the shape flags'
+    defaults to the preset's (so an explicit ``--layers`` etc. still wins)."""
+    known, _ = parser.parse_known_args(argv)
+    if getattr(known, "model", None):
+        try:
+            c = preset(known.model)
+        except Exception as e:  # unknown preset: the library's one-line error
+            parser.error(f"--model: {e}")
+        parser.set_defaults(layers=c.num_layers, hidden=c.hidden_size, ffn=c.intermediate_size,
+                            heads=c.num_heads, kv_heads=c.num_kv_heads, vocab=c.vocab_size,
+                            tie=c.tie_word_embeddings)
+    return parser.parse_args(argv)
 
 
 def model_config(args, **overrides):
     from jaxunlearn.models import LlamaConfig
 
+    if getattr(args, "model", None):  # the preset's norms, RoPE and ids; the args' shapes
+        base = preset(args.model)
+        return base.replace(vocab_size=args.vocab, hidden_size=args.hidden,
+                            intermediate_size=args.ffn, num_layers=args.layers,
+                            num_heads=args.heads, num_kv_heads=args.kv_heads,
+                            max_position_embeddings=max(args.seq, 2048),
+                            tie_word_embeddings=args.tie, **overrides)
     return LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.ffn,
                        num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads,
                        max_position_embeddings=max(args.seq, 2048), tie_word_embeddings=args.tie,

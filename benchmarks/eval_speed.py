@@ -16,6 +16,11 @@ canary) and its decoding pass (``eval.scoring.greedy_generate`` of every questio
     .venv/bin/python benchmarks/eval_speed.py
     .venv/bin/python benchmarks/eval_speed.py --records 40 --batch 16 --max-new-tokens 32
 
+``--decode B,P,N`` instead times one decoding call alone (``eval.generate._decode``:
+B rows, prompts of P tokens, N new tokens, no EOS): its compilation, then two runs.
+
+    .venv/bin/python benchmarks/eval_speed.py --decode 16,96,32
+
 Every figure is given as wall seconds and as process CPU seconds (all threads): on a
 shared machine the CPU seconds are the steadier measure of the work done.
 
@@ -41,6 +46,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=16, help="eval.batch_size")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="eval.max_new_tokens")
     parser.add_argument("--model", default="smollm2-135m", help="bundled name, HF dir or .gguf")
+    parser.add_argument("--decode", default=None, metavar="B,P,N",
+                        help="time one decoding call of B rows, P prompt tokens, N new tokens")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -56,6 +63,8 @@ def main(argv=None) -> None:
     print(_common.machine_line())
     start = time.perf_counter()
     model, config = load_pretrained(args.model)
+    if args.decode:
+        return _time_decode(model, args.decode)
     tokenizer = load_tokenizer(args.model)
     print(f"loaded {args.model}: {config.num_layers} layers, D {config.hidden_size}, "
           f"V {config.vocab_size} in {time.perf_counter() - start:.1f} s")
@@ -98,6 +107,34 @@ def main(argv=None) -> None:
     print(f"whole evaluation: cold {seconds[0]:.1f} s ({cpu[0]:.1f} s CPU), warm "
           f"{seconds[1]:.1f} s ({cpu[1]:.1f} s CPU); {os.getloadavg()[0]:.1f} load average at end")
     print(f"eval seconds cold {seconds[0]:.1f} warm {seconds[1]:.1f}")
+
+
+def _time_decode(model, spec: str) -> None:
+    """One ``_decode`` call (greedy, no row stops early): compile, then two timed runs."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from jaxunlearn.eval import generate
+
+    B, P, N = (int(x) for x in spec.split(","))
+    graphdef, state = nnx.split(model)
+    ids = np.random.default_rng(0).integers(3, 1000, (B, P)).astype(np.int32)
+    args = (graphdef, state, jnp.asarray(ids), jnp.ones((B, P), jnp.int32),
+            jnp.full((B,), N, jnp.int32), jax.random.key(0), jnp.float32(0.0), jnp.int32(-1),
+            jnp.int32(0))
+    start, start_cpu = time.perf_counter(), time.process_time()
+    generate._decode.lower(*args, slots=N).compile()
+    print(f"decode B={B} P={P} N={N}: compile {time.perf_counter() - start:.1f} s "
+          f"({time.process_time() - start_cpu:.1f} s CPU)")
+    runs = []
+    for _ in range(2):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        jax.block_until_ready(generate._decode(*args, slots=N))
+        runs.append(time.perf_counter() - start)
+        print(f"  run {runs[-1]:.2f} s ({time.process_time() - start_cpu:.2f} s CPU)")
+    print(f"decode seconds {min(runs):.2f}")
 
 
 if __name__ == "__main__":

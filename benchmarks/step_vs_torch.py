@@ -26,6 +26,7 @@ Before timing, the step-0 losses of all sides must agree (same computation).
 
     .venv/bin/python benchmarks/step_vs_torch.py                 # the default config
     .venv/bin/python benchmarks/step_vs_torch.py --layers 2 --steps 3 --warmup 1   # quick
+    .venv/bin/python benchmarks/step_vs_torch.py --model smollm2-135m   # SmolLM2-135M's shapes
 
 Last line: ``ratio jax/torch <median jax step / median torch step>`` for ``--headline``.
 """
@@ -126,7 +127,7 @@ def main(argv=None) -> float:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-5)
-    args = parser.parse_args(argv)
+    args = _common.parse_args(parser, argv)
     args.jax = [j for j in args.jax.split(",") if j]
     for name in args.jax + [args.headline]:
         if name not in ("library", "fused"):

@@ -40,7 +40,7 @@ from jaxunlearn.validate import path_component
 # Keys an experiment YAML (experiments/*.yaml, `jaxunlearn run`) adds to a run config; a
 # command given such a file with --config reads its run config and leaves these to `run`.
 EXPERIMENT_KEYS = ("description", "reproduces", "expected", "requires", "stages", "retain_logs",
-                   "retain_model")
+                   "retain_model", "methods")
 
 # Integers anywhere in a config: int32, what every array shape and jitted scalar takes.
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1

@@ -22,7 +22,9 @@ TOY = ["--layers", "1", "--hidden", "32", "--ffn", "64", "--heads", "4", "--kv-h
        "--vocab", "97", "--seq", "16", "--batch", "2"]
 
 CASES = {
-    "step_vs_torch": (TOY + ["--steps", "1", "--warmup", "0"], r"^ratio jax/torch \d+\.\d+$"),
+    # --model: the preset's RoPE base and tied head; the toy shapes given explicitly win.
+    "step_vs_torch": (TOY + ["--model", "smollm2-135m", "--steps", "1", "--warmup", "0"],
+                      r"^ratio jax/torch \d+\.\d+$"),
     "gemm_floor": (TOY + ["--steps", "1"], r"^floor jax/torch \d+\.\d+$"),
     "hvp_vs_grad": (TOY + ["--steps", "1", "--warmup", "0"], r"^ratio hvp/grad \d+\.\d+$"),
     "train_nll": (TOY + ["--steps", "1", "--warmup", "0"], r"^ratio fused/logits \d+\.\d+$"),
@@ -58,6 +60,25 @@ def _benchmark_module(name):
         return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_model_flag_gives_the_presets_real_shapes_and_explicit_flags_win():
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _common
+
+    def config(argv):
+        parser = argparse.ArgumentParser()
+        _common.add_model_flags(parser)
+        return _common.model_config(_common.parse_args(parser, argv))
+
+    c = config(["--model", "smollm2-135m"])
+    assert (c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads,
+            c.vocab_size, c.tie_word_embeddings, c.rope_theta) == (30, 576, 1536, 9, 3, 49152,
+                                                                   True, 100000.0)
+    assert config(["--model", "smollm2-135m", "--layers", "2"]).num_layers == 2
+    assert config([]).num_layers == 12
 
 
 def test_memory_mesh_shapes_follow_the_tensor_and_batch_rules():

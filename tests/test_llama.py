@@ -134,6 +134,27 @@ def test_kv_cache_decoding_equals_full_recomputation(scan):
     np.testing.assert_allclose(np.asarray(inc)[real], np.asarray(full)[real], atol=1e-5)
 
 
+@LAYOUTS
+def test_a_decoding_step_writes_the_donated_cache_in_place(scan):
+    """No copy of the whole ``[L, B, S, K, H]`` cache in a compiled decoding step: a cache
+    updated per layer inside the layer loop was copied at every layer on the CPU (1.8 s a
+    token at SmolLM2-135M, batch 16, against 0.3 s written once after the loop)."""
+    import functools
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=4,
+                         num_heads=4, num_kv_heads=2, scan_layers=scan)
+    graphdef, state = nnx.split(Llama(config, rngs=nnx.Rngs(0)))
+
+    @functools.partial(jax.jit, donate_argnums=(1,))
+    def step(state, cache, ids, mask):
+        return nnx.merge(graphdef, state).forward(ids, mask, cache=cache).cache
+
+    hlo = step.lower(state, KVCache.init(config, 3, 40), jnp.zeros((3, 1), jnp.int32),
+                     jnp.ones((3, 40), jnp.int32)).compile().as_text()
+    copies = [line for line in hlo.splitlines() if "f32[4,3,40,2,8]" in line and " copy(" in line]
+    assert copies == []
+
+
 def test_bfloat16_compute_close_to_float32():
     config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2,
                          num_heads=4, num_kv_heads=2)

@@ -11,6 +11,11 @@ An experiment YAML is a run config (see ``jaxunlearn.config``) plus a few keys o
   retain_logs: the retain model's per-question logs (open-unlearning's TOFU_EVAL.json or
                TOFU's eval_log_aggregated.json): forget quality's reference
   retain_model: a retain model to evaluate as that reference instead
+  methods:     several unlearning methods instead of ``method``: a list of method
+               mappings (``{name: npo, beta: 0.1, train: {epochs: 2}}``), each unlearned
+               from the same target with the run's ``train`` updated by its own ``train``
+               (the ``train_*`` stages use the run's ``train`` alone); command-line
+               ``key=value`` overrides apply to every method
 
 ``train_*`` stages fine-tune from ``model`` on the (synthetic) benchmark and feed the
 result to the next stage; ``unlearn`` unlearns ``data.forget`` with ``method``; ``eval``
@@ -20,18 +25,20 @@ our figures beside ``expected``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
 from typing import Sequence
 
-from jaxunlearn.config import EXPERIMENT_KEYS, RunConfig, _yaml, load_config
-from jaxunlearn.errors import ConfigError
+from jaxunlearn import methods as methods_lib
+from jaxunlearn.config import EXPERIMENT_KEYS, RunConfig, _merge, _yaml, load_config
+from jaxunlearn.errors import ConfigError, UserError
 from jaxunlearn.pipeline.evaluate import main_eval
 from jaxunlearn.pipeline.training import train_model
 from jaxunlearn.pipeline.unlearning import run_unlearning
 
-__all__ = ["STAGES", "read_experiment", "run_experiment"]
+__all__ = ["STAGES", "read_experiment", "method_configs", "run_experiment"]
 
 STAGES = ("train_target", "train_retain", "unlearn", "eval")
 _META = EXPERIMENT_KEYS
@@ -73,8 +80,46 @@ def read_experiment(path: Path, overrides: Sequence[str]) -> tuple[RunConfig, di
     for key in _REFERENCES:
         if meta.get(key) and not Path(str(meta[key])).exists():
             raise ConfigError(f"{path}: {key}: {meta[key]} does not exist")
+    if "methods" in meta:
+        if "method" in raw:
+            raise ConfigError(f"{path}: give method or methods, not both")
+        meta["method_configs"] = method_configs(path, raw, meta["methods"], rest)
     cfg = load_config(None, rest, base=raw)
     return cfg, meta
+
+
+def method_configs(path: Path, raw: dict, entries, overrides: Sequence[str]
+                   ) -> list[RunConfig]:
+    """One validated ``RunConfig`` per entry of an experiment's ``methods`` list: the
+    experiment's config with ``method`` = the entry and ``train`` updated by the entry's
+    ``train``, then the command-line ``overrides``."""
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: methods must be a non-empty list of method mappings")
+    configs, names = [], []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ConfigError(f"{path}: methods[{i}] must be a mapping with a name, "
+                              f"got {entry!r}")
+        method = {k: v for k, v in entry.items() if k != "train"}
+        train = entry.get("train", {})
+        if not isinstance(train, dict):
+            raise ConfigError(f"{path}: methods[{i}].train must be a mapping, got {train!r}")
+        base = copy.deepcopy(raw)
+        base["method"] = method
+        _merge(base.setdefault("train", {}), copy.deepcopy(train))
+        try:
+            cfg = load_config(None, overrides, base=base)
+            methods_lib.get_method(cfg.method)  # unknown method or hyper-parameter: now
+        except UserError as e:
+            raise ConfigError(f"{path}: methods[{i}] ({method['name']}): {e}") from None
+        names.append(cfg.method["name"])
+        configs.append(cfg)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: methods: a method is listed twice ({', '.join(names)}); "
+                          "each writes <output_dir>/<name>")
+    return configs
 
 
 def run_experiment(path: Path, overrides: Sequence[str]) -> int:
@@ -98,9 +143,14 @@ def run_experiment(path: Path, overrides: Sequence[str]) -> int:
     elif meta.get("retain_model"):
         retain_path = Path(meta["retain_model"])
         models["retain"] = str(retain_path)
+    unlearned = []
     if "unlearn" in stages:
-        out = run_unlearning(cfg)
-        models[cfg.method.get("name", "unlearned")] = str(out)
+        for one in meta.get("method_configs") or [cfg]:
+            if one is not cfg:  # the trained target, as for the run's own config
+                one = dataclasses.replace(one, model=cfg.model)
+            out = run_unlearning(one)
+            unlearned.append(one.method.get("name", "unlearned"))
+            models[unlearned[-1]] = str(out)
     if "eval" in stages:
         named = [f"{name}={p}" for name, p in models.items() if name != "retain"]
         code = main_eval(cfg, named, retain_path, retain_logs_path=meta.get("retain_logs"))
@@ -109,10 +159,15 @@ def run_experiment(path: Path, overrides: Sequence[str]) -> int:
     summary = {"experiment": str(path), "stages": stages, "models": models,
                "expected": meta.get("expected")}
     if "eval" in stages:
-        name = cfg.method.get("name") if "unlearn" in stages else "target"
-        summary["measured"] = measured(Path(cfg.output_dir) / "eval.json", name,
-                                       meta.get("expected") or {})
-        print(beside_expected(name, summary["measured"], meta.get("expected") or {}))
+        names = unlearned or ["target"]
+        eval_json = Path(cfg.output_dir) / "eval.json"
+        for name in names:
+            ours = measured(eval_json, name, meta.get("expected") or {})
+            print(beside_expected(name, ours, meta.get("expected") or {}))
+            summary.setdefault("measured_by_model", {})[name] = ours
+        summary["measured"] = summary["measured_by_model"][names[0]]
+        if len(names) == 1:
+            del summary["measured_by_model"]
     print(json.dumps(summary, indent=2))
     return 0
 
