@@ -148,3 +148,14 @@ def test_using_it_commands_run_as_written(tmp_path, monkeypatch, capsys):
     assert (runs / "unlearn_npo" / "logs" / "npo" / "metrics.jsonl").is_file()
     assert (runs / "train_small" / "eval.json").is_file()
     assert (runs / "unlearn_npo" / "eval.json").is_file()
+
+
+def test_methods_output_shown_in_the_readme_is_what_the_command_prints(capsys):
+    """The README's sample of ``jaxunlearn methods`` (its ``text`` block) is printed as is."""
+    shown = re.search(r"`jaxunlearn methods` prints one line per\s+method, e\.g\.\s+```text\n(.*?)```",
+                      (ROOT / "README.md").read_text(), re.S)
+    assert shown, "the README's `jaxunlearn methods` sample is gone"
+    assert cli.main(["methods"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    for line in shown.group(1).strip().splitlines():
+        assert line in printed, line
