@@ -44,7 +44,7 @@ import numpy as np
 from jaxunlearn import interrupts
 from jaxunlearn.errors import StorageError
 
-__all__ = ["StorageError", "OWNER_MARK", "LOCK_NAME", "json_text", "write_json",
+__all__ = ["StorageError", "OWNER_MARK", "LOCK_NAME", "fsync_dir", "json_text", "write_json",
            "write_file_atomic", "check_file_target", "check_dir_target", "staging_dir",
            "commit_dir", "is_owned", "staged_files", "output_lock", "is_disk_full"]
 
@@ -94,7 +94,8 @@ def json_text(obj: Any, *, indent: int | None = 2, sort_keys: bool = False,
                       ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike) -> None:
+    """``fsync`` of a directory: the names written, renamed or removed in it are durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -127,7 +128,7 @@ def write_file_atomic(path: str | os.PathLike, write: Callable[[Path], None], *,
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -184,7 +185,7 @@ def commit_dir(tmp: str | os.PathLike, final: str | os.PathLike, *,
     """
     tmp, final = Path(tmp), Path(final)
     (tmp / OWNER_MARK).write_text('{"written_by": "jaxunlearn"}\n', encoding="utf-8")
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     check_dir_target(final, field)
     interrupts.check(f"before writing {final}")
     if final.is_dir() and any(final.iterdir()):
@@ -200,7 +201,7 @@ def commit_dir(tmp: str | os.PathLike, final: str | os.PathLike, *,
             shutil.rmtree(aside, ignore_errors=True)
     else:
         os.rename(tmp, final)  # also replaces an empty directory
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return final
 
 
@@ -225,7 +226,7 @@ def staged_files(root: str | os.PathLike, name: str = "outputs", *,
         with interrupts.deferred():
             for f in files:
                 os.replace(tmp / f, root / f)
-        _fsync_dir(root)
+        fsync_dir(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

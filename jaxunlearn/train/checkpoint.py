@@ -106,14 +106,6 @@ def _check_finite(leaves: Sequence[jax.Array], names: Sequence[str], where: Path
                               f"({names[int(np.argmin(flags))]})")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _checkpointer():
     import orbax.checkpoint as ocp
 
@@ -192,11 +184,11 @@ def _commit(tmp: Path, final: Path, directory: Path, sidecar: dict) -> None:
         fh.write(storage.json_text(sidecar, indent=None, sort_keys=True))  # NaN -> null
         fh.flush()
         os.fsync(fh.fileno())
-    _fsync(tmp)
+    storage.fsync_dir(tmp)
     if final.exists():  # the same step saved again (e.g. interrupted right after a save)
         _remove(final)
     os.rename(tmp, final)  # the commit point
-    _fsync(directory)
+    storage.fsync_dir(directory)
 
 
 def _remove(path: Path) -> None:

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from jaxunlearn import storage
 from jaxunlearn.data.schema import (BIOGRAPHY_FIELDS, CANARY_FIELDS, MANIFEST, QA_FIELDS,
                                     QA_SPLITS, WORLD_FACTS)
 from jaxunlearn.data.synthetic.benchmark import (FILES, GENERATOR, Benchmark, encode_files,
@@ -30,14 +31,6 @@ def _is_previous_benchmark(path: Path) -> bool:
         return json.loads((path / MANIFEST).read_text("utf-8")).get("generator") == GENERATOR
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike, *,
@@ -70,7 +63,7 @@ def write_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike, *,
                 fh.write(blob)
                 fh.flush()
                 os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        storage.fsync_dir(tmp)
         if replace:  # rename(2) cannot replace a non-empty directory: move the old one aside
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.rename(out, trash / "old")
@@ -81,7 +74,7 @@ def write_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike, *,
                 raise
         else:
             os.rename(tmp, out)  # also replaces an empty directory
-        _fsync_dir(out.parent)
+        storage.fsync_dir(out.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if trash is not None:
