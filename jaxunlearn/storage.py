@@ -46,7 +46,7 @@ from jaxunlearn.errors import StorageError
 
 __all__ = ["StorageError", "OWNER_MARK", "LOCK_NAME", "fsync_dir", "json_text", "write_json",
            "write_file_atomic", "check_file_target", "check_dir_target", "staging_dir",
-           "commit_dir", "is_owned", "staged_files", "output_lock", "is_disk_full"]
+           "commit_dir", "replace_dir", "is_owned", "staged_files", "output_lock", "is_disk_full"]
 
 OWNER_MARK = ".jaxunlearn"  # in every directory commit_dir writes: "this tool made it"
 LOCK_NAME = ".jaxunlearn.lock"
@@ -188,8 +188,17 @@ def commit_dir(tmp: str | os.PathLike, final: str | os.PathLike, *,
     fsync_dir(tmp)
     check_dir_target(final, field)
     interrupts.check(f"before writing {final}")
+    return replace_dir(tmp, final)
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Renames directory ``tmp`` to ``final``, replacing what is there, with no check of
+    whose it is (the caller's :func:`commit_dir` or own policy decides that): an old
+    non-empty ``final`` is moved aside, the new one renamed in, the old one removed; on
+    error the old one is put back. Then the parent's names are fsynced."""
+    tmp, final = Path(tmp), Path(final)
     if final.is_dir() and any(final.iterdir()):
-        # rename(2) cannot replace a non-empty directory: move ours aside first.
+        # rename(2) cannot replace a non-empty directory: move the old one aside first.
         aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
         os.rename(final, aside / "old")
         try:

@@ -56,7 +56,6 @@ def write_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike, *,
                              "pass overwrite=True to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    trash = None
     try:
         for name, blob in [*blobs.items(), (MANIFEST, manifest_bytes(benchmark.manifest))]:
             with open(tmp / name, "wb") as fh:
@@ -64,21 +63,11 @@ def write_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike, *,
                 fh.flush()
                 os.fsync(fh.fileno())
         storage.fsync_dir(tmp)
-        if replace:  # rename(2) cannot replace a non-empty directory: move the old one aside
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, trash / "old")
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(trash / "old", out)
-                raise
-        else:
-            os.rename(tmp, out)  # also replaces an empty directory
-        storage.fsync_dir(out.parent)
+        # Whether `out` may be replaced was decided above (a previous benchmark, or
+        # overwrite=True): the benchmark's own policy, not commit_dir's owner mark.
+        storage.replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
     return out
 
 
