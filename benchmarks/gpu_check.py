@@ -1,8 +1,9 @@
 """One GPU check, one block of figures: bf16 forward parity, the NPO step's throughput and
-MFU at Llama-3.2-1B shapes, the measured peak memory of a Llama-3.1-8B NPO step, and the
+MFU at Llama-3.2-1B shapes, the measured peak memory of a Llama-3.1-8B NPO step (full
+fine-tuning and LoRA), and the
 exact HVP / gradient time ratio.
 
-Four sections, each reusing a benchmark's own code (nothing printed until the end):
+Five sections, each reusing a benchmark's own code (nothing printed until the end):
 
   parity  the same float32 weights run forward in bf16 compute on the accelerator and in
           float32 on the host CPU (Llama-3.2-1B shapes, random weights, 2 x 256 tokens):
@@ -21,6 +22,9 @@ Four sections, each reusing a benchmark's own code (nothing printed until the en
           ['peak_bytes_in_use']`` after that (the section runs first, so nothing else has
           been allocated), and ``compiled_peak_gib`` is the compiler's
           ``memory_analysis`` of the same program, for comparison.
+  memory_lora  the same step training rank-16 LoRA adapters (alpha 32, every projection)
+          with the bf16 base frozen (``model.lora``), measured the same way in a process
+          of its own (a device's peak cannot be reset).
   hvp     ``hvp_vs_grad.measure``: ``secondorder.hvp`` vs ``jax.grad`` of the library's NPO
           objective at the step benchmark's shapes (70.5M params, 8 + 8 rows x 256,
           float32), jitted, warm, interleaved medians.
@@ -105,10 +109,33 @@ def step_throughput(*, reduced: bool, peak_tflops: float | None) -> dict:
             "peak_tflops": r["peak_tflops"] or "n/a"}
 
 
-def measured_memory(*, reduced: bool) -> dict:
-    """Builds ``memory.step_program``'s 8B step (``tiny`` reduced) with random weights on one
-    device, runs it twice and reads the device's peak; the compiler's figure beside it."""
+LORA_RANK = 16  # the LoRA memory section: rank-16 adapters (alpha 32) on every projection
+
+
+def _lora_params(config, rank: int, adapter_shardings, base_shardings):
+    """``(adapters, base)`` of a randomly initialised ``Llama(config)`` with rank-``rank``
+    adapters (``models.lora``), split as ``memory.step_program`` splits them, made by one
+    jitted program placed by the given shardings."""
     import jax
+    from flax import nnx
+
+    from jaxunlearn.models import Llama
+    from jaxunlearn.models.lora import LoraConfig, add_adapters
+
+    def make():
+        model = add_adapters(Llama(config, rngs=nnx.Rngs(0)),
+                             LoraConfig(rank=rank, alpha=2.0 * rank))
+        return nnx.split_state(nnx.split(model, nnx.Param)[1], nnx.LoRAParam, ...)
+
+    return jax.jit(make, out_shardings=(adapter_shardings, base_shardings))()
+
+
+def measured_memory(*, reduced: bool, lora_rank: int = 0) -> dict:
+    """Builds ``memory.step_program``'s 8B step (``tiny`` reduced) with random weights on one
+    device, runs it twice and reads the device's peak; the compiler's figure beside it.
+    ``lora_rank``: rank-r adapters trained, the bf16 base frozen (``model.lora``)."""
+    import jax
+    from flax import nnx
 
     from jaxunlearn.train import mesh as mesh_lib
     from jaxunlearn.train.step import init_train_state
@@ -116,28 +143,38 @@ def measured_memory(*, reduced: bool) -> dict:
     name, rows, seq, chunk = ("tiny", 2, 32, 16) if reduced else ("llama-3.1-8b", 8, 512, 2048)
     config = _common.preset(name, dtype="bfloat16", param_dtype="bfloat16", remat="full")
     mesh = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    program = memory.step_program(config, mesh, rows=rows, seq=seq, chunk_size=chunk)
-    _, params = _common.init_params(
-        config, shardings=jax.tree.map(lambda x: x.sharding, program.state.params))
+    program = memory.step_program(config, mesh, rows=rows, seq=seq, chunk_size=chunk,
+                                  lora_rank=lora_rank)
+    shardings = jax.tree.map(lambda x: x.sharding, program.state.params)
+    frozen = ()
+    if lora_rank:
+        params, base = _lora_params(config, lora_rank, shardings,
+                                    jax.tree.map(lambda x: x.sharding, program.frozen))
+        frozen, whole = (base,), nnx.merge_state(base, params)
+    else:
+        _, params = _common.init_params(config, shardings=shardings)
+        whole = params
     rng = np.random.default_rng(0)
     forget = _common.synthetic_rows(rng, rows, seq, config.vocab_size)
     retain = _common.synthetic_rows(rng, rows, seq, config.vocab_size)
     # NPO's cached reference: the random target's own log-probs (fused head, no [B,T,V] logits).
-    ref = _common.fused_reference_logprobs(program.graphdef, params, forget, chunk_size=chunk)
+    ref = _common.fused_reference_logprobs(program.graphdef, whole, forget, chunk_size=chunk)
     state = init_train_state(params, program.optimizer, jax.random.key(0), mesh)
-    del params
+    del params, whole
     batch = mesh_lib.shard_batch(_common.unlearning_batch(forget, retain, ref, padding_free=False),
                                  mesh)
-    out = {"shapes": f"{name} ({config.num_params() / 1e9:.3g}B params), full fine-tuning, bf16 "
+    how = (f"LoRA rank {lora_rank} (alpha {2 * lora_rank}) on every projection, bf16 base "
+           "frozen" if lora_rank else "full fine-tuning")
+    out = {"shapes": f"{name} ({config.num_params() / 1e9:.3g}B params), {how}, bf16 "
                      f"weights, AdamW with bf16 moments, remat full, fused LM head (chunk "
                      f"{chunk}), {rows} + {rows} rows x {seq} tokens, 1 device"}
     device = jax.devices()[0]
     before = (device.memory_stats() or {}).get("peak_bytes_in_use")
     try:
-        compiled = program.step.lower(state, batch).compile()
+        compiled = program.step.lower(state, batch, *frozen).compile()
         out["compiled_peak_gib"] = memory.compiled_memory(compiled)["peak"] / GIB
         for _ in range(2):
-            state, metrics = compiled(state, batch)
+            state, metrics = compiled(state, batch, *frozen)
         out["loss"] = float(metrics["loss"])
     except Exception as e:  # noqa: BLE001 -- an out-of-memory step is a result, not a crash
         if "RESOURCE_EXHAUSTED" not in str(e):
@@ -154,9 +191,23 @@ def measured_memory(*, reduced: bool) -> dict:
                    peak_before_step_gib=before / GIB,
                    step_raised_peak=stats["peak_bytes_in_use"] > before,
                    device_memory_gib=stats.get("bytes_limit", float("nan")) / GIB)
-    del state, batch
+    del state, batch, frozen
     gc.collect()
     return out
+
+
+def measured_memory_lora(*, reduced: bool) -> dict:
+    """The LoRA memory section in a process of its own: a device's peak cannot be reset,
+    and this one's must not include the full fine-tuning step's."""
+    import json
+    import subprocess
+
+    argv = [sys.executable, os.path.abspath(__file__), "--lora-memory-only"]
+    proc = subprocess.run(argv + (["--reduced"] if reduced else []), capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the LoRA memory section failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def hvp_ratio(*, reduced: bool) -> dict:
@@ -185,6 +236,8 @@ def main(argv=None) -> dict:
                         help="tiny shapes (automatic when no GPU is present)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak bf16 TFLOP/s per device for the MFU (default: mfu.py's table)")
+    parser.add_argument("--lora-memory-only", action="store_true",
+                        help=argparse.SUPPRESS)  # the memory_lora section's own process
     args = parser.parse_args(argv)
 
     import jax
@@ -192,12 +245,20 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     device = jax.devices()[0]
     reduced = args.reduced or device.platform != "gpu"
+    if args.lora_memory_only:
+        import json
+
+        out = measured_memory(reduced=reduced, lora_rank=LORA_RANK)
+        print(json.dumps({k: (v if isinstance(v, (int, float, str)) else str(v))
+                          for k, v in out.items()}), flush=True)
+        return {"memory_lora": out}
     mode = ("full" if not reduced else
             "REDUCED: tiny shapes" + ("" if device.platform == "gpu" else " (no GPU)") +
             "; the 8B memory run is replaced by the tiny preset")
     attention = "cudnn" if device.platform == "gpu" else "xla"
     sections = {}
     for name, run in (("memory", lambda: measured_memory(reduced=reduced)),  # first: clean peak
+                      ("memory_lora", lambda: measured_memory_lora(reduced=reduced)),
                       ("parity", lambda: parity(reduced=reduced, attention=attention)),
                       ("step", lambda: step_throughput(reduced=reduced, peak_tflops=args.peak_tflops)),
                       ("hvp", lambda: hvp_ratio(reduced=reduced))):
@@ -210,7 +271,7 @@ def main(argv=None) -> dict:
              _line("mode", mode), _line("machine", _common.machine_line()),
              _line("jax", f"{jax.__version__}; device 0: {device.device_kind} ({device.platform}), "
                           f"{len(jax.devices())} device(s)")]
-    for name in ("parity", "step", "memory", "hvp"):
+    for name in ("parity", "step", "memory", "memory_lora", "hvp"):
         lines += [_line(f"{name}.{k}", v) for k, v in sections[name].items()]
     lines.append(f"==== end ({'full' if not reduced else 'reduced'}, {total:.0f} s) ====")
     print("\n".join(lines), flush=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU check (benchmarks/gpu_check.py): bf16 forward parity vs a float32 CPU run, tokens/s
-# and MFU of the NPO step at Llama-3.2-1B shapes, the measured peak memory of an 8B NPO step,
+# and MFU of the NPO step at Llama-3.2-1B shapes, the measured peak memory of an 8B NPO step
+# (full fine-tuning, and LoRA rank 16 with a frozen bf16 base),
 # and the HVP/gradient time ratio, printed as one block (under 8 minutes on one H100/H200).
 # Without a GPU it runs the reduced (tiny-shape) mode and says so.
 #

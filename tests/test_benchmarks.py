@@ -133,8 +133,9 @@ def test_memory_mesh_search_compiles_each_mesh_and_reports_the_lowest(capsys, mo
 
 GPU_CHECK_NUMBERS = ("parity.max_abs_err", "parity.max_rel_err", "parity.argmax_agreement",
                      "step.tokens_per_s", "step.median_step_s", "step.mfu", "memory.peak_gib",
-                     "memory.compiled_peak_gib", "memory.loss", "hvp.grad_s", "hvp.hvp_s",
-                     "hvp.ratio")
+                     "memory.compiled_peak_gib", "memory.loss", "memory_lora.peak_gib",
+                     "memory_lora.compiled_peak_gib", "memory_lora.loss", "hvp.grad_s",
+                     "hvp.hvp_s", "hvp.ratio")
 
 
 def test_gpu_check_reduced_mode_prints_one_block_of_finite_figures():
@@ -158,5 +159,8 @@ def test_gpu_check_reduced_mode_prints_one_block_of_finite_figures():
     assert 0 < float(fields["parity.max_rel_err"]) < 0.05
     assert 0.5 <= float(fields["parity.argmax_agreement"]) <= 1
     assert float(fields["memory.peak_gib"]) > 0
+    # LoRA: adapters, their gradient and moments instead of the whole model's
+    assert "LoRA rank 16" in fields["memory_lora.shapes"]
+    assert 0 < float(fields["memory_lora.peak_gib"]) < float(fields["memory.peak_gib"])
     assert fields["memory.peak_source"].startswith(
         "compiled memory_analysis" if fields["jax"].endswith("(cpu), 1 device(s)") else "device")
