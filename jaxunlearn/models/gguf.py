@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import gguf
 import numpy as np
 
-from jaxunlearn import resources
 from jaxunlearn.errors import GGUFError
 from jaxunlearn.models import limits
 
@@ -363,12 +362,7 @@ def _check_sizes(config: dict, meta: dict, n_tensors: int, path: Path) -> None:
     if 9 * blocks > n_tensors:
         raise GGUFError(f"{path}: {arch}.block_count={blocks} but the file holds {n_tensors} "
                         f"tensors (each block needs 9)")
-    try:
-        limits.check_hf_config(config, str(path))
-    except resources.ResourceError:
-        raise
-    except ValueError as e:
-        raise GGUFError(str(e)) from None
+    limits.check_hf_config(config, str(path), error=GGUFError)
 
 
 def read_gguf(path: str | Path) -> GGUFCheckpoint:

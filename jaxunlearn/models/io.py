@@ -140,17 +140,6 @@ def _config_from_hf(hf: dict, overrides: dict, source: Path) -> LlamaConfig:
         raise CheckpointError(f"{source}: {msg}") from None
 
 
-def check_hf_config(hf: Mapping[str, Any], source: str | os.PathLike) -> None:
-    """``models.limits.check_hf_config`` with malformed sizes as a ``CheckpointError``:
-    refuses absurd or non-finite metadata before any tensor is read or allocated."""
-    try:
-        limits.check_hf_config(hf, str(source))
-    except resources.ResourceError:
-        raise
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-
-
 def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
                     param_dtype: str | None = None, scan_layers: bool | None = None,
                     remat: str | None = None, shardings: Any = None
@@ -188,7 +177,8 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
         raise CheckpointError(f"{cfg_file}: malformed JSON ({e})") from None
     if not isinstance(hf, dict):
         raise CheckpointError(f"{cfg_file}: expected a JSON object")
-    check_hf_config(hf, cfg_file)
+    # absurd or non-finite metadata is refused before any tensor is read or allocated
+    limits.check_hf_config(hf, str(cfg_file), error=CheckpointError)
     config = _config_from_hf(hf, overrides, cfg_file)
     get, names, _ = _read_safetensors_dir(path)
     model = model_from_hf_tensors(config, get, names, source=str(path), shardings=shardings)

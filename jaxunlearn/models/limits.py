@@ -62,40 +62,41 @@ def _largest_factor(hf: Mapping[str, Any]) -> str:
     return best
 
 
-def check_hf_config(hf: Mapping[str, Any], source: str, *, memory: int | None = None) -> None:
+def check_hf_config(hf: Mapping[str, Any], source: str, *, memory: int | None = None,
+                    error: type[Exception] = ValueError) -> None:
     """Refuses a model config whose sizes are malformed or cannot fit in memory.
 
     Args:
       hf: the ``config.json`` dict (from the file, or built from GGUF metadata).
       source: the file named in messages.
       memory: bytes to compare with (default: :func:`resources.physical_memory`).
+      error: the class raised for a malformed field (each loader passes its own).
     Raises:
-      ValueError: a size or float field of the wrong type or out of range (the loaders
-        turn it into their error class).
+      error: a size or float field of the wrong type or out of range.
       resources.ResourceError: the float32 parameters exceed ``memory``.
     """
     for key, required in SIZE_FIELDS.items():
         v = hf.get(key)
         if v is None:
             if required:
-                raise ValueError(f"{source}: missing field {key!r}")
+                raise error(f"{source}: missing field {key!r}")
             continue
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{source}: field {key!r} must be an integer, got {v!r:.40}")
+            raise error(f"{source}: field {key!r} must be an integer, got {v!r:.40}")
         if not 1 <= v <= MAX_DIM:
-            raise ValueError(f"{source}: {key}={v} is out of range (1 to {MAX_DIM})")
+            raise error(f"{source}: {key}={v} is out of range (1 to {MAX_DIM})")
     for key in POSITIVE_FLOATS:
         v = hf.get(key)
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
                 or v <= 0:
-            raise ValueError(f"{source}: {key}={v!r} must be a finite number > 0")
+            raise error(f"{source}: {key}={v!r} must be a finite number > 0")
     scaling = hf.get("rope_scaling")
     if isinstance(scaling, Mapping):
         for key, v in scaling.items():
             if isinstance(v, float) and not math.isfinite(v):
-                raise ValueError(f"{source}: rope_scaling.{key}={v!r} must be finite")
+                raise error(f"{source}: rope_scaling.{key}={v!r} must be finite")
     params = hf_param_count(hf)
     key = _largest_factor(hf)
     resources.check_fits(params * 4, resources.physical_memory() if memory is None else memory,
