@@ -20,18 +20,17 @@ from flax import nnx
 
 from jaxunlearn import methods, storage, validate
 from jaxunlearn.data import muse, tofu
-from jaxunlearn.data.schema import holdout_split_of
 from jaxunlearn.data.forget_retain import prepare_data
+from jaxunlearn.data.schema import holdout_split_of
 from jaxunlearn.errors import DataError, MethodError, UserError
-from jaxunlearn.methods import runner
-from jaxunlearn.models import load_tokenizer, save_pretrained
 from jaxunlearn.eval import progress as progress_eval
-from jaxunlearn.models import load_pretrained
+from jaxunlearn.methods import runner
+from jaxunlearn.models import load_pretrained, load_tokenizer, save_pretrained
 from jaxunlearn.models.hub import is_hub_id, resolve_model_path
-from jaxunlearn.pipeline.progress import ProgressMonitor
-from jaxunlearn.pipeline.provision import build_model, provenance, require_benchmark
 from jaxunlearn.models.io import save_adapters
 from jaxunlearn.models.lora import merge_adapters
+from jaxunlearn.pipeline.progress import ProgressMonitor
+from jaxunlearn.pipeline.provision import build_model, provenance, require_benchmark
 from jaxunlearn.pipeline.training import model_dir
 from jaxunlearn.train import checkpoint as ckpt_lib
 from jaxunlearn.train import distributed
@@ -109,6 +108,24 @@ def _check_muse_method(method) -> None:
                           "grad_diff, simnpo, grad_ascent or rmu")
 
 
+def _check_progress_evaluation(cfg, method, *, is_muse: bool) -> None:
+    """``train.eval_every`` scores a whole model in one process on question/answer records
+    between the updates of a gradient loop; anything else is refused before any work."""
+    if not cfg.train.eval_every:
+        return
+    if isinstance(method, methods.ProcedureMethod):
+        why = f"{method.name} is not a gradient loop to evaluate during"
+    elif cfg.model.lora is not None:
+        why = "not available with model.lora yet (a LoRA state holds the adapters only)"
+    elif jax.process_count() > 1:
+        why = "not available in a multi-process job yet"
+    elif is_muse:
+        why = "the progress evaluation reads question/answer records; MUSE trains on documents"
+    else:
+        return
+    raise UserError(f"train.eval_every: {why} (set train.eval_every=0)")
+
+
 def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     """``jaxunlearn unlearn``: unlearn ``data.forget`` from the target with ``cfg.method``.
 
@@ -130,21 +147,11 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     """
     method = methods.get_method(cfg.method)
     tracking.require(cfg.train.tracker)
-    if cfg.train.eval_every and isinstance(method, methods.ProcedureMethod):
-        raise UserError(f"train.eval_every: {method.name} is not a gradient loop to evaluate "
-                        "during (set train.eval_every=0)")
     lora = cfg.model.lora
     runner.check_lora_method(method, lora)
-    if lora is not None and cfg.train.eval_every:
-        # the progress evaluation reads whole models; a LoRA state holds the adapters only
-        raise UserError("train.eval_every: not available with model.lora yet "
-                        "(set train.eval_every=0)")
     if jax.process_count() > 1 and isinstance(method, methods.ProcedureMethod):
         raise MethodError(f"method.name={method.name}: a multi-process job runs the gradient "
                           f"methods; run {method.name} in one process")
-    if jax.process_count() > 1 and cfg.train.eval_every:
-        raise UserError("train.eval_every: not available in a multi-process job yet "
-                        "(set train.eval_every=0)")
     # safety: both resolve inside output_dir; a foreign directory at `out` is refused now
     out = storage.check_dir_target(validate.inside(cfg.output_dir, method.name,
                                                    field="output_dir"), "output_dir")
@@ -159,9 +166,6 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
     if is_muse:
         retain_name = cfg.data.retain or MUSE_DEFAULT_RETAIN
         _check_muse_method(method)
-        if cfg.train.eval_every:
-            raise UserError("train.eval_every: the progress evaluation reads question/answer "
-                            "records; MUSE trains on documents (set train.eval_every=0)")
         for role, split in (("data.forget", cfg.data.forget), ("data.retain", retain_name)):
             if split not in muse.CONFIGS["raw"]:
                 raise DataError(f"{role}: {split!r} is not a MUSE raw split (choose from "
@@ -172,6 +176,7 @@ def run_unlearning(cfg, resume: bool = False, *, progress: bool = True) -> Path:
         forget = tofu.load_split(bench, cfg.data.forget)
         retain = tofu.load_split(bench, retain_name)
         tofu.check_disjoint(forget, retain, names=(cfg.data.forget, retain_name))
+    _check_progress_evaluation(cfg, method, is_muse=is_muse)
     mesh = mesh_lib.from_config(cfg.mesh)
     mesh_lib.check_batch_divides(cfg.train.batch_size, mesh, "train.batch_size")
     path = target_path(cfg)
