@@ -27,7 +27,7 @@ from jaxunlearn.data.batch import ChatStyle
 from jaxunlearn.data.schema import retain_split_of
 from jaxunlearn.errors import ConfigError, ValidationError
 from jaxunlearn.eval.progress import PROGRESS_METRICS
-from jaxunlearn.models.llama import REMAT_POLICIES
+from jaxunlearn.models.llama_config import REMAT_POLICIES
 from jaxunlearn.models.lora import LoraConfig
 from jaxunlearn.models.presets import PRESETS
 from jaxunlearn.train.distributed import DistributedConfig

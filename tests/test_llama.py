@@ -181,7 +181,7 @@ def test_config_validation_names_field():
 @pytest.mark.parametrize("blocks", [2, 4])
 def test_causal_query_blocks_equal_one_block_in_value_and_gradient(blocks):
     """``_attention(causal_blocks=n)`` skips only key tiles a causal mask hides."""
-    from jaxunlearn.models.llama import _attention, _causal_blocks
+    from jaxunlearn.models.block import _attention, _causal_blocks
 
     assert [_causal_blocks(t) for t in (64, 128, 256, 512, 2048, 96)] == [1, 2, 4, 4, 4, 1]
     rng = np.random.default_rng(blocks)
@@ -274,7 +274,7 @@ def test_hidden_layer_is_the_residual_stream_after_that_block():
     x = jnp.take(unrolled.embed[...], ids, axis=0)
     positions = jnp.broadcast_to(jnp.arange(7), (2, 7))
     key_mask = jnp.broadcast_to(jnp.tril(jnp.ones((7, 7), bool)), (2, 7, 7))
-    from jaxunlearn.models.llama import rope_frequencies
+    from jaxunlearn.models.block import rope_frequencies
 
     for block in list(unrolled.layers)[:2]:
         x, _ = block(x, positions, key_mask, rope_frequencies(SMALL))

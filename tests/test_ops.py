@@ -244,7 +244,7 @@ def test_model_remat_policies_keep_gradients():
 def test_attention_matches_jax_dot_product_attention_semantics():
     # attention_impl="cudnn" calls jax.nn.dot_product_attention with this mask and
     # is_causal; its XLA implementation must agree with the einsum one.
-    from jaxunlearn.models.llama import _attention
+    from jaxunlearn.models.block import _attention
 
     rng = np.random.default_rng(11)
     q = jnp.asarray(rng.normal(size=(2, 6, 4, 8)), jnp.float32)

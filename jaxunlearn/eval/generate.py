@@ -26,7 +26,8 @@ from jaxunlearn import interrupts
 from jaxunlearn.data import batch as batch_lib
 from jaxunlearn.data.batch import bucket_length
 from jaxunlearn.errors import DataError
-from jaxunlearn.models.llama import KVCache, Llama
+from jaxunlearn.models.kv_cache import KVCache
+from jaxunlearn.models.llama import Llama
 
 __all__ = ["Generation", "PROMPT_BUCKETS", "NEW_TOKEN_BUCKETS", "generate", "left_pad",
            "generate_ids", "generate_texts"]

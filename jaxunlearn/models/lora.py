@@ -7,7 +7,7 @@ A target projection ``W [in, out]`` (``q, k, v, o, gate, up, down``; the attenti
 
 ``A`` is drawn by ``nnx.LoRA``'s initialiser (He uniform), ``B`` starts at zero, so a model
 with fresh adapters computes exactly the base model. The adapters are ``nnx.LoRAParam``
-variables in ``Attention.lora`` / ``MLP.lora`` (``models/llama.py``): with scanned layers
+variables in ``Attention.lora`` / ``MLP.lora`` (``models/block.py``): with scanned layers
 they carry the leading ``[L]`` axis like every block parameter, and logical sharding
 names (``A``: the input axis's name and ``lora_rank``; ``B``: ``lora_rank`` and the
 output's), so FSDP and tensor parallelism split them as the weight they adapt
@@ -36,7 +36,8 @@ import numpy as np
 from flax import nnx
 
 from jaxunlearn.errors import CheckpointError, ConfigError
-from jaxunlearn.models.llama import Llama, LlamaConfig, stack_blocks
+from jaxunlearn.models.layer_stack import stack_blocks
+from jaxunlearn.models.llama import Llama, LlamaConfig
 
 __all__ = ["TARGETS", "SAVE_MODES", "LoraConfig", "ScaledLoRA", "add_adapters",
            "merge_adapters", "has_adapters", "adapter_count", "adapter_params", "peft_tensors", "peft_config",

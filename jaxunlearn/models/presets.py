@@ -7,7 +7,7 @@ benchmarks can build abstract models of the right shape without weights.
 from __future__ import annotations
 
 from jaxunlearn.models.gguf import find_smollm2_gguf
-from jaxunlearn.models.llama import LlamaConfig, RopeScaling
+from jaxunlearn.models.llama_config import LlamaConfig, RopeScaling
 
 _LLAMA3_SCALING = RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                               original_max_position_embeddings=8192)

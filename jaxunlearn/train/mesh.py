@@ -1,7 +1,7 @@
 """Device mesh and sharding rules: one code path from 1 CPU to a multi-host slice.
 
 The mesh has three axes, ``("data", "fsdp", "tensor")``. Parameters declare logical axis
-names when they are created (``out_sharding=("embed", "mlp")`` in ``models/llama.py``);
+names when they are created (``out_sharding=("embed", "mlp")`` in ``models/block.py``);
 the one table below maps logical names to mesh axes. Batches are split over
 ``("data", "fsdp")`` and replicated over ``tensor``.
 
