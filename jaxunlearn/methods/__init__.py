@@ -10,7 +10,8 @@ Modules, each importing only those before it:
   ``ProcedureMethod``, ``UnlearnContext`` (with the gradient loop injected), ``CacheSpec``,
   the cached-reference helpers (``RefDist``, ``compress_logprobs``, ...);
 * ``gradient``: GA, GradDiff, NPO, SimNPO, IdkDPO, RMU, UNDIAL, WGA, RKLD;
-* ``curvature`` and ``secondorder``: Newton, Fisher Removal, Fisher Forgetting;
+* ``curvature`` (loss and curvature products), ``secondorder_rounds`` (the shared
+  procedure) and ``secondorder``: Newton, Fisher Removal, Fisher Forgetting;
 * ``memorization``: SGA and TAU; ``relearn``: ReLearn.
 
 The loop that runs a gradient method, ``methods.runner.unlearn_model``, imports these
