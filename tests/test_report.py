@@ -15,7 +15,7 @@ from jaxunlearn.train.mesh import make_mesh
 
 
 # The eval.json key (pinned layout) each summary column shows, written out here
-# independently of report.py's accessors.
+# independently of the report's column accessors.
 COLUMN_KEYS = {"FQ ↑": "forget_quality", "MU ↑": "model_utility",
                "forget ROUGE ↓": "forget_rouge", "forget prob ↓": "forget_prob",
                "forget TR ↑": "forget_truth_ratio", "retain ROUGE ↑": "retain_rouge",
