@@ -10,11 +10,12 @@ from matplotlib import image as mpimg
 
 from jaxunlearn import report
 from jaxunlearn.errors import UserError
+from jaxunlearn.report import figures, tables
 from jaxunlearn.train.mesh import make_mesh
 
 
 # The eval.json key (pinned layout) each summary column shows, written out here
-# independently of report.py's accessors.
+# independently of the report's column accessors.
 COLUMN_KEYS = {"FQ ↑": "forget_quality", "MU ↑": "model_utility",
                "forget ROUGE ↓": "forget_rouge", "forget prob ↓": "forget_prob",
                "forget TR ↑": "forget_truth_ratio", "retain ROUGE ↑": "retain_rouge",
@@ -71,7 +72,7 @@ def test_report_has_a_row_per_model_and_valid_figures(tmp_path, evaluation):
     assert header == list(COLUMN_KEYS)
     npo = evaluation["models"]["npo"]
     for column, cell in zip(report.SUMMARY_COLUMNS, rows["npo"][1:]):
-        assert cell == report._fmt(npo[COLUMN_KEYS[column.header]], column.kind), column.header
+        assert cell == tables._fmt(npo[COLUMN_KEYS[column.header]], column.kind), column.header
     assert rows["npo"][1] == "3.00e-02" and len(rows["npo"]) == len(header) + 2
     assert rows["npo"][-1] == "4-bit 0.100→0.400; relearn 0.100→0.550"
     assert rows["retain"][-1] == "–"
@@ -166,8 +167,8 @@ def test_spread_labels_keep_order_gap_and_bounds():
 
 def _figures(monkeypatch, evaluation, tmp_path) -> dict:
     saved = {}
-    real = report._save
-    monkeypatch.setattr(report, "_save", lambda fig, path, tight=True: (
+    real = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path, tight=True: (
         saved.__setitem__(path.name, fig), real(fig, path, tight)))
     report.write_outputs(evaluation, tmp_path)
     return saved
@@ -175,7 +176,7 @@ def _figures(monkeypatch, evaluation, tmp_path) -> dict:
 
 def test_canary_figure_is_one_panel_per_model_with_one_legend(tmp_path, evaluation, monkeypatch):
     fig = _figures(monkeypatch, evaluation, tmp_path)["canaries.png"]
-    assert [ax.get_title() for ax in fig.axes] == list(report._ordered(
+    assert [ax.get_title() for ax in fig.axes] == list(tables.ordered(
         report.read_models(evaluation, "test")))
     assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
     # The target's forget curve is drawn in grey behind every other model's panel.

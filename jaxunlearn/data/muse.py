@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxunlearn.data.batch import Encoded
+from jaxunlearn.data.records import read_records, validate_records
 from jaxunlearn.data.schema import MUSE_FIELDS, SUFFIXES, check_str
-from jaxunlearn.data.tofu import read_records, validate_records
 from jaxunlearn.errors import DataError
 
 __all__ = ["HUB_IDS", "CONFIGS", "FIELDS", "is_muse_dir", "is_muse_source", "load_muse_split",

@@ -1,19 +1,17 @@
-"""TOFU / MUSE-format data: read, validate and split-check before any work starts.
+"""TOFU / MUSE-format benchmarks: find, load and cross-check splits before any work starts.
 
 A benchmark directory holds one JSON-lines file per split (``forget10.json``,
 ``retain90.json``, ``holdout.json``, ``world_facts.json``, ``biographies.json``,
-``canaries.json``) plus ``manifest.json``, laid out as :mod:`jaxunlearn.data.schema` says.
-A split may also be a JSON array, a ``.jsonl`` or ``.parquet`` file, or a directory
-written by ``datasets``' ``save_to_disk`` (a ``Dataset``, or a ``DatasetDict`` whose
-``train`` split is read, as the hub's TOFU configs have one split ``train``).
+``canaries.json``) plus ``manifest.json``, laid out as :mod:`jaxunlearn.data.schema` says;
+each split may be in any format :mod:`jaxunlearn.data.records` reads (re-exported here:
+``read_records``, ``validate_records``).
 Real TOFU files (Maini et al. 2024, "TOFU: A Task of Fictitious Unlearning for
 LLMs", hub id ``locuslab/TOFU``) use the same ``question`` / ``answer`` /
 ``paraphrased_answer`` / ``perturbed_answer`` keys, may lack the synthetic
 benchmark's ``person_id`` / ``topic`` / ``idk_answer`` / ``facts``, and keep the
 evaluation answers in a separate ``<split>_perturbed`` file; both are accepted.
 
-Every problem raises :class:`DataError` with one line naming the file, the record
-(``line N`` for JSON lines, ``record N`` for arrays and parquet, both 1-based) and
+Every problem raises :class:`DataError` with one line naming the file, the record and
 the field, so the CLI can print it and exit with code 2.
 """
 
@@ -24,12 +22,23 @@ import json
 import os
 import unicodedata
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from jaxunlearn.data.schema import (NONBLANK, QA_FIELDS, QA_REQUIRED, RETAIN_OF, SUFFIXES,
-                                    FieldCheck, check_int, check_str, record_kind)
+from jaxunlearn.data.records import (
+    is_saved_dataset,
+    parse_file,
+    read_records,
+    validate_records,
+)
+from jaxunlearn.data.schema import (
+    QA_FIELDS,
+    RETAIN_OF,
+    SUFFIXES,
+    check_int,
+    check_str,
+    record_kind,
+)
 from jaxunlearn.errors import DataError
 
 __all__ = [
@@ -46,145 +55,11 @@ __all__ = [
 ]
 
 
-def _parse_json(path: Path) -> list[tuple[str, Any]]:
-    """Parse a JSON-lines or JSON-array file into ``(location, value)`` pairs."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")  # tolerate a byte-order mark
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
-    stripped = text.lstrip(" \t\r\n")
-    if stripped.startswith("["):
-        try:
-            whole = json.loads(stripped)
-        except json.JSONDecodeError as e:
-            first = stripped.splitlines()[0]
-            try:  # a JSON-lines file whose first line happens to be an array
-                json.loads(first)
-            except json.JSONDecodeError:
-                raise DataError(f"{path}: line {e.lineno}: malformed JSON ({e.msg}, "
-                                f"column {e.colno})") from None
-        else:
-            return [(f"record {i + 1}", v) for i, v in enumerate(whole)]
-    out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"line {n}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            # Ran off the end of the line: most likely a file cut short while writing.
-            cut = e.pos >= len(line.rstrip()) or e.msg.startswith("Unterminated string")
-            kind = "truncated" if cut else "malformed"
-            raise DataError(f"{path}: line {n}: {kind} JSON ({e.msg}, column {e.colno})") from None
-    return out
-
-
-def _parse_parquet(path: Path) -> list[tuple[str, Any]]:
-    import pyarrow.parquet as pq  # heavy; only when a parquet file is read
-
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow raises several types for corrupt files
-        raise DataError(f"{path}: cannot read parquet ({str(e).splitlines()[0]})") from None
-    return [(f"record {i + 1}", v) for i, v in enumerate(rows)]
-
-
-def validate_records(
-    items: Iterable[tuple[str, Any]],
-    source: str,
-    *,
-    fields: Mapping[str, FieldCheck] = QA_FIELDS,
-    required: Sequence[str] = QA_REQUIRED,
-    record_check: Callable[[dict], tuple[str, str] | None] | None = None,
-) -> list[dict]:
-    """Check ``(location, record)`` pairs; return the records or raise on the first problem.
-
-    A record must be a JSON object; every ``required`` field present and non-empty;
-    every known field that is present of its schema type; known free-text fields
-    (question, answer, ...) non-blank; then ``record_check(record)``, which returns
-    ``(field, problem)`` or None, for rules across fields. Unknown keys are kept unchecked.
-    """
-    records = []
-    for where, rec in items:
-        at = f"{source}: {where}"
-        if not isinstance(rec, dict):
-            raise DataError(f"{at}: expected a JSON object, got {type(rec).__name__}")
-        for key in required:
-            if key not in rec or rec[key] is None:
-                raise DataError(f"{at}: field '{key}': missing")
-            v = rec[key]
-            if (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
-                raise DataError(f"{at}: field '{key}': empty")
-        for key, check in fields.items():
-            if key not in rec:
-                continue
-            problem = check(rec[key])
-            if problem is None and key in NONBLANK and not rec[key].strip():
-                problem = "empty"
-            if problem is not None:
-                raise DataError(f"{at}: field '{key}': {problem}")
-        found = record_check(rec) if record_check is not None else None
-        if found is not None:
-            raise DataError(f"{at}: field '{found[0]}': {found[1]}")
-        records.append(rec)
-    if not records:
-        raise DataError(f"{source}: no records (empty file or split)")
-    return records
-
-
-# Files ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` write.
-_SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and any((path / m).is_file() for m in _SAVED_MARKERS)
-
-
-def _parse_saved(path: Path) -> list[tuple[str, Any]]:
-    """Rows of a ``save_to_disk`` directory (a DatasetDict: its ``train`` split, or its
-    only split)."""
-    import datasets  # heavy; only when such a directory is read
-
-    try:
-        data = datasets.load_from_disk(str(path))
-    except Exception as e:  # corrupt arrow files, version mismatch: not readable
-        raise DataError(f"{path}: cannot read a datasets save_to_disk directory "
-                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if isinstance(data, datasets.DatasetDict):
-        if "train" not in data and len(data) != 1:
-            raise DataError(f"{path}: a DatasetDict without a 'train' split "
-                            f"(has {', '.join(data)})")
-        data = data["train"] if "train" in data else next(iter(data.values()))
-    return [(f"record {i + 1}", row) for i, row in enumerate(data)]
-
-
-def read_records(path: str | os.PathLike, *, split: str | None = None,
-                 required: Sequence[str] | None = None) -> list[dict]:
-    """Read and validate one ``.json`` (lines or array), ``.jsonl`` or ``.parquet`` file,
-    or a ``datasets`` ``save_to_disk`` directory.
-
-    ``split`` (default: the file's stem) picks the schema: ``canaries``,
-    ``biographies``, else QA. ``required`` defaults to that schema's required fields.
-    """
-    path = Path(path)
-    saved = _is_saved_dataset(path)
-    if not path.is_file() and not saved:
-        raise DataError(f"{path}: no such file")
-    fields, default_required, record_check = record_kind(split or path.stem)
-    if saved:
-        items = _parse_saved(path)
-    else:
-        items = _parse_parquet(path) if path.suffix == ".parquet" else _parse_json(path)
-    return validate_records(items, str(path), fields=fields, record_check=record_check,
-                            required=default_required if required is None else required)
-
-
 def _find_file(directory: Path, split: str) -> Path | None:
     for suffix in SUFFIXES:
         if (directory / f"{split}{suffix}").is_file():
             return directory / f"{split}{suffix}"
-    return directory / split if _is_saved_dataset(directory / split) else None
+    return directory / split if is_saved_dataset(directory / split) else None
 
 
 def has_split(directory: str | os.PathLike, split: str) -> bool:
@@ -411,7 +286,6 @@ def load_muse_corpus(path: str | os.PathLike, *, split: str = "forget",
                 raise DataError(f"{f}: empty document")
             docs.append(text)
         else:
-            items = _parse_parquet(f) if f.suffix == ".parquet" else _parse_json(f)
-            recs = validate_records(items, str(f), fields=text_fields, required=("text",))
+            recs = validate_records(parse_file(f), str(f), fields=text_fields, required=("text",))
             docs.extend(r["text"] for r in recs)
     return docs

@@ -18,7 +18,7 @@ summarises the result.
 A mean MA hides the sequences that matter: :func:`summarize_ma` reports how many forget
 sequences are still extractable (MA > 0.60), how many were over-unlearned (MA < 0.15,
 far below anything a model that never saw them would score, itself a membership
-signal), the maximum and a histogram, as plain data (``report.py`` draws it).
+signal), the maximum and a histogram, as plain data (``report`` draws it).
 
 Shapes: N sequences.
 """

@@ -30,10 +30,10 @@ import numpy as np
 
 from jaxunlearn.data.schema import CANARY_SPLITS
 from jaxunlearn.eval import memorization_metrics, mia
+from jaxunlearn.eval.canary_results import CanaryResult, CanaryScores
 from jaxunlearn.eval.groups.base import GroupInputs, MetricGroup
 from jaxunlearn.eval.measure import CanaryPlan
 from jaxunlearn.eval.options import SuiteConfig
-from jaxunlearn.eval.results import CanaryResult, CanaryScores
 from jaxunlearn.eval.scoring import SequenceScores
 
 __all__ = ["EXPOSURE_ESTIMATOR", "canary_numbers", "summarize", "compute", "GROUP"]

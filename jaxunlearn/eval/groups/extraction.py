@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from jaxunlearn.data.batch import pad_id
 from jaxunlearn.data.schema import CANARY_SPLITS
 from jaxunlearn.eval import memorization_metrics
+from jaxunlearn.eval.canary_results import ExtractionResult
 from jaxunlearn.eval.groups.base import GroupInputs, MetricGroup
 from jaxunlearn.eval.measure import CanaryPlan
 from jaxunlearn.eval.options import SuiteConfig
-from jaxunlearn.eval.results import ExtractionResult
-from jaxunlearn.data.batch import pad_id
 from jaxunlearn.eval.scoring import greedy_generate
 
 __all__ = ["extraction_likelihoods", "compute", "GROUP"]

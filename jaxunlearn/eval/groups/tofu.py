@@ -29,7 +29,7 @@ from jaxunlearn.data.schema import HOLDOUT, OPTION_SPLITS
 from jaxunlearn.eval import memorization_metrics, metrics
 from jaxunlearn.eval.groups.base import GroupInputs, MetricGroup
 from jaxunlearn.eval.measure import Measurement
-from jaxunlearn.eval.results import Distribution, Sample, SplitScores, TofuResult
+from jaxunlearn.eval.tofu_results import Distribution, Sample, SplitScores, TofuResult
 
 __all__ = ["scores_of", "split_scores", "forget_quality_against", "tofu_result",
            "answer_extraction_strength", "compute", "GROUP"]
