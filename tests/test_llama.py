@@ -214,7 +214,7 @@ def test_a_seed_gives_the_same_weights_in_both_layouts_stacked_on_a_layers_axis(
     scanned = nnx.to_pure_dict(nnx.state(Llama(SMALL, rngs=nnx.Rngs(4))))
     unrolled = nnx.to_pure_dict(nnx.state(Llama(SMALL.replace(scan_layers=False),
                                                 rngs=nnx.Rngs(4))))
-    L, D, N, K, H, F = 3, 32, 4, 2, 8, 48
+    L, D, N, H, F = 3, 32, 4, 8, 48
     layers = scanned["layers"]
     assert layers["attn"]["q"].shape == (L, D, N, H) and layers["attn"]["o"].shape == (L, N, H, D)
     assert layers["mlp"]["down"].shape == (L, F, D) and layers["input_norm"]["scale"].shape == (L, D)
