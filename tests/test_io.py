@@ -91,6 +91,33 @@ def test_tokenizer_asking_for_remote_code_does_not_run_it(tmp_path, tiny_hf_dir)
 
 
 
+def test_plain_fast_tokenizer_loads_as_autotokenizer_would(tiny_hf_dir, monkeypatch):
+    """A saved fast tokenizer (tokenizer.json, ``tokenizer_class`` TokenizersBackend) loads
+    without AutoTokenizer (whose registry imports cost seconds) and encodes exactly as
+    AutoTokenizer's does; a model-specific class still goes through AutoTokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = train_tokenizer(["alpha beta gamma delta"] * 8, vocab_size=300)
+    tok.save_pretrained(str(tiny_hf_dir))
+    auto = AutoTokenizer.from_pretrained(str(tiny_hf_dir))
+    calls = []
+    original = AutoTokenizer.from_pretrained.__func__
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(
+        lambda cls, *a, **k: calls.append(a) or original(cls, *a, **k)))
+    ours = load_tokenizer(tiny_hf_dir)
+    assert calls == []
+    texts = ["alpha beta", "gamma  delta alpha", "unknown words here"]
+    assert [ours(t)["input_ids"] for t in texts] == [auto(t)["input_ids"] for t in texts]
+    chat = [{"role": "user", "content": "alpha?"}, {"role": "assistant", "content": "beta"}]
+    assert ours.apply_chat_template(chat) == auto.apply_chat_template(chat)
+    assert ours.special_tokens_map == auto.special_tokens_map
+    config = tiny_hf_dir / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()),
+                                  "tokenizer_class": "LlamaTokenizerFast"}))
+    load_tokenizer(tiny_hf_dir)
+    assert calls == [(str(tiny_hf_dir),)]
+
+
 def test_safetensors_index_cannot_point_outside_the_model(tmp_path, tiny_hf_dir):
     outside = tmp_path / "outside.safetensors"
     (tiny_hf_dir / "model.safetensors").rename(outside)
