@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
         "data.qa_per_person=4", "data.num_world_facts=8", "data.canaries_per_repetition=1",
         "model=tiny", f"output_dir={root / 'out'}", "train.epochs=25", "train.batch_size=8",
         "train.optimizer.learning_rate=0.01", "train.optimizer.warmup_steps=5",
-        "eval.max_new_tokens=24", "eval.batch_size=16"])
+        "eval.max_new_tokens=24", "eval.batch_size=16", "eval.max_records=4"])
     target = training.train_model(cfg, "target", progress=False)
     retain = training.train_model(cfg, "retain", progress=False)
     return cfg, bench, root, target, retain
@@ -60,6 +60,8 @@ def test_saved_models_and_quality_files(trained):
             assert (d / f).is_file(), d / f
     q = json.loads((target / QUALITY_FILE).read_text())
     assert q["which"] == "target" and q["forget"]["n"] == 4  # one forgotten person x 4 QA
+    # eval.max_records caps the retain and world-fact questions too (else at least 20).
+    assert q["retain"]["n"] == q["world"]["n"] == 4
     assert set(q["canary_verbatim"]) == {"forget", "retain", "heldout"}
     assert (root / "bench" / TOKENIZER_DIR / "tokenizer.json").is_file()
     assert not (root / "out" / "checkpoints" / target.name).exists()  # removed once saved

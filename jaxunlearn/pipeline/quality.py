@@ -79,12 +79,13 @@ def model_quality(model, tokenizer, bench, *, forget_split: str, retain_split: s
 
     * ``forget`` / ``retain`` / ``world``: ROUGE-L recall of the answer (and the fraction
       of its private fact strings reproduced verbatim) on the forget split and on as many
-      retain answers and world facts, spread over all people (at least 20);
+      retain answers and world facts, spread over all people (at least 20, unless
+      ``max_items``, the most questions a part, is smaller);
     * ``canary_verbatim``: ``{split: {repetitions: fraction}}`` of canaries whose greedy
       continuation of the prefix reproduces the secret.
     """
     forget = _spread(bench.splits[forget_split], max_items)
-    n = max(len(forget), 20)
+    n = max(len(forget), min(20, max_items))
     parts = {"forget": forget, "retain": _spread(bench.splits[retain_split], n),
              "world": _spread(bench.splits["world_facts"], n)}
     prompts = [encode_prompt(tokenizer, r["question"], chat=chat).tolist()

@@ -116,6 +116,8 @@ def train_model(cfg, which: str = "target", resume: bool = False, *,
     quality_kw = dict(forget_split=cfg.data.forget, retain_split=cfg.data.retain_split,
                       max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
                       chat=cfg.data.chat)
+    if cfg.eval.max_records is not None:  # the user's cap on questions a split holds here too
+        quality_kw["max_items"] = cfg.eval.max_records
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         print(f"reusing the {which} model in {out}", file=sys.stderr)
         if not (out / QUALITY_FILE).is_file():
