@@ -20,7 +20,6 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 
 def greedy_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -191,6 +190,8 @@ def exposure_skewnorm(secret_log_perplexity: float, candidate_log_perplexities, 
     cap = math.inf if space_size is None else math.log2(space_size)
     if np.ptp(c) == 0.0:  # skewnorm.fit would divide by a zero scale
         return 0.0 if s >= c[0] else cap
+    from scipy import stats  # here: importing scipy.stats costs ~0.8 s per process
+
     a, loc, scale = stats.skewnorm.fit(c)
     logcdf = float(stats.skewnorm.logcdf(s, a, loc, scale))
     return float(min(max(-logcdf / math.log(2.0), 0.0), cap))

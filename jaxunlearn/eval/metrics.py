@@ -17,7 +17,6 @@ import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
 # The six scores our benchmark's model utility combines: {retain people, world facts}
 # x {probability, ROUGE-L recall, truth ratio}. World-facts probability is normalised
@@ -156,6 +155,8 @@ def forget_quality(unlearned_truth_ratios, retain_truth_ratios) -> float:
     """
     a = _array(unlearned_truth_ratios, "unlearned_truth_ratios", 1)
     b = _array(retain_truth_ratios, "retain_truth_ratios", 1)
+    from scipy import stats  # here: importing scipy.stats costs ~0.8 s per process
+
     return float(stats.ks_2samp(a, b).pvalue)
 
 

@@ -283,15 +283,17 @@ def load_tokenizer(path: str | os.PathLike):
     path = resolve_model_path(path)
     if path.suffix == ".gguf":
         return gguf_tokenizer.tokenizer_from_gguf(path)
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
         raise CheckpointError(f"{path}: no tokenizer.json / tokenizer_config.json")
     # A plain fast tokenizer (what save_pretrained writes) loads directly: AutoTokenizer
-    # would first import transformers' model-config registry, 4.7 s of CPU per process
-    # against 0.4 s (measured, transformers 5.23), for the same tokenizer.
-    cls = (PreTrainedTokenizerFast if _tokenizer_class(path) in _PLAIN_FAST_TOKENIZERS
-           else AutoTokenizer)
+    # (even importing it) pulls in transformers' model-config registry: 4.7 s of CPU per
+    # process against 0.4 s (measured, transformers 5.23), for the same tokenizer.
+    if _tokenizer_class(path) in _PLAIN_FAST_TOKENIZERS:
+        cls = PreTrainedTokenizerFast
+    else:
+        from transformers import AutoTokenizer as cls
     try:
         return cls.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
     except Exception as e:  # transformers raises many types for a bad config/tokenizer file
