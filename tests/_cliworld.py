@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from conftest import TEST_XLA_FLAGS
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Child side of an interrupt test: announce the moment, then wait until the parent's
@@ -69,7 +71,8 @@ def _env(ready: Path | None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8", TQDM_DISABLE="1")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}",
+               TQDM_DISABLE="1")
     if ready is not None:
         env["JAXUNLEARN_TEST_READY"] = str(ready)
     return env
