@@ -112,7 +112,7 @@ def runs(tmp_path_factory) -> dict:
         cli(["train", "model=tiny", *data, *mesh, *adam, f"output_dir={out}", "train.steps=3",
              "data.max_len=48", "data.truncate=true", "train.batch_size=8",
              "train.optimizer.learning_rate=3e-3", "eval.batch_size=64",
-             "eval.max_new_tokens=2"], devices)
+             "eval.max_new_tokens=2", "eval.max_records=4"], devices)
         (target,) = (out / "models").glob("target-*")
         unlearn = ["unlearn", *data, *mesh, *adam, f"model.path={target}", f"output_dir={out}",
                    "data.max_len=128", "method=npo", "train.steps=3", "train.batch_size=8",

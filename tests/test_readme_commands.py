@@ -57,8 +57,9 @@ COVERED = {
         "tests/test_tofu_logs.py::test_cli_eval_from_logs_writes_eval_json",
 }
 # Sizes that keep the chain to a couple of minutes; the commands are the README's.
-SMALL = {"train": ["train.steps=2", "eval.max_new_tokens=4"],
-         "unlearn": ["train.steps=4", "eval.batch_size=8", "eval.max_new_tokens=4"],
+SMALL = {"train": ["train.steps=2", "eval.max_new_tokens=4", "eval.max_records=4"],
+         "unlearn": ["train.steps=4", "eval.batch_size=8", "eval.max_new_tokens=4",
+                     "eval.max_records=4"],
          "eval": ["eval.max_records=4", "eval.max_new_tokens=4", "eval.attacks=false",
                   "eval.fast=true"],
          "run": ["train.steps=2", "eval.max_records=4", "eval.max_new_tokens=4",
