@@ -8,12 +8,11 @@ from pathlib import Path
 # not running, is most of the time (-O0 takes 40 % less CPU on compile-heavy tests, the
 # same on training loops and the 135M-parameter SmolLM2 tests: matrix products are
 # library calls either way). Numbers are checked with bounds that hold across CPUs and
-# reduction orders, so code-generation differences stay within them. Matrix products run
-# on one thread per process: the two test workers already fill both cores, and on these
-# shapes a thread pool only adds hand-offs (measured: 15 % less CPU on test_compact.py,
-# the same on the training-loop tests). Subprocesses that set their own XLA_FLAGS add
-# TEST_XLA_FLAGS.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_multi_thread_eigen=false"
+# reduction orders, so code-generation differences stay within them. (Single-threaded
+# matrix products, --xla_cpu_multi_thread_eigen=false, save CPU on one file run alone but
+# cost the whole suite 56 % more CPU: 2204 s against 1412 s, measured 2026-12-03.)
+# Subprocesses that set their own XLA_FLAGS add TEST_XLA_FLAGS.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 # Must happen before jax is imported anywhere: the mesh tests need 8 host devices.
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
