@@ -90,12 +90,9 @@ from typing import ClassVar
 from jaxunlearn import secondorder
 from jaxunlearn.methods import curvature
 from jaxunlearn.methods.registry import register
-from jaxunlearn.methods.secondorder_rounds import SecondOrderMethod, build_update, second_order_unlearn
+from jaxunlearn.methods.secondorder_rounds import SecondOrderMethod
 
-# build_update and second_order_unlearn (methods.secondorder_rounds) stay importable from
-# here, where they were defined before the procedure had its own module.
-__all__ = ["SecondOrderMethod", "Newton", "FisherRemoval", "FisherForgetting", "build_update",
-           "second_order_unlearn"]
+__all__ = ["SecondOrderMethod", "Newton", "FisherRemoval", "FisherForgetting"]
 
 
 @register
