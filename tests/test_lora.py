@@ -297,3 +297,45 @@ def test_relearn_and_rkld_train_adapters_only(toy_target, method):
     b = adapters["layers"]["attn"]["lora"]["q"]["lora_b"].get_value()
     assert float(jnp.abs(b).max()) > 0
     assert not lora_lib.has_adapters(model)
+
+
+def _bf16_base_loss(scan_layers=True):
+    """A LoRA model over a bfloat16 base (3 layers, F 40: shapes no other array has) and
+    the NLL of the adapters, as ``train.step`` differentiates it."""
+    config = LlamaConfig(**dict(CFG, num_layers=3, intermediate_size=40), scan_layers=scan_layers,
+                         param_dtype="bfloat16", dtype="bfloat16", remat="full")
+    model = _random_adapters(lora_lib.add_adapters(Llama(config, rngs=nnx.Rngs(0)),
+                                                   lora_lib.LoraConfig(rank=2)))
+    graphdef, adapters, base = nnx.split(model, nnx.LoRAParam, nnx.Param)
+    ids = _ids()
+
+    def loss(adapters, base):
+        logits = nnx.merge(graphdef, adapters, base)(ids)
+        return -jnp.mean(jax.nn.log_softmax(logits.astype(jnp.float32))[:, :-1].max(-1))
+
+    return jax.value_and_grad(loss), adapters, base
+
+
+def test_a_bf16_base_is_sliced_without_a_float32_copy_of_every_layer(monkeypatch):
+    """On the CPU a scanned bf16 base is sliced as integers (``layer_stack``): the compiled
+    adapter gradient holds no float32 ``[L, ...]`` copy of a base weight, and computes
+    what the plain bf16 slicing computes (bit for bit: only the slicing differs)."""
+    from jaxunlearn.models import layer_stack
+
+    grad, adapters, base = _bf16_base_loss()
+    hlo = jax.jit(grad).lower(adapters, base).compile().as_text()
+    value, grads = jax.jit(grad)(adapters, base)
+    monkeypatch.setattr(layer_stack, "_frozen_base_as_bits",
+                        lambda stacked: (stacked, layer_stack._identity))
+    plain = _bf16_base_loss()[0]  # a new function: jit's trace cache would reuse grad's
+    plain_hlo = jax.jit(plain).lower(adapters, base).compile().as_text()
+    plain_value, plain_grads = jax.jit(plain)(adapters, base)
+    stacked_f32 = ("f32[3,16,40]", "f32[3,40,16]")  # gate/up and down, every layer
+    assert any(s in plain_hlo for s in stacked_f32)  # what the integer slicing avoids
+    assert not any(s in hlo for s in stacked_f32)
+    assert float(value) == float(plain_value)
+    jax.tree.map(np.testing.assert_array_equal, grads, plain_grads)
+    # Unrolled layers (no scan, no slicing) agree to bf16 rounding.
+    unrolled, u_adapters, u_base = _bf16_base_loss(scan_layers=False)
+    np.testing.assert_allclose(float(jax.jit(unrolled)(u_adapters, u_base)[0]), float(value),
+                               rtol=2e-2)

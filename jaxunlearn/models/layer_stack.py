@@ -40,6 +40,47 @@ def stack_blocks(blocks: list[nnx.Module]) -> nnx.Module:
                      jax.tree.map(stack, *states, is_leaf=lambda x: isinstance(x, nnx.Variable)))
 
 
+def _identity(params):
+    return params
+
+
+def _frozen_base_as_bits(stacked: nnx.State):
+    """On the CPU, with LoRA adapters: the stacked frozen base's 16-bit float weights as
+    same-width unsigned integers for the scan, and the function that turns a layer's
+    slice back (``(stacked, restore)``; elsewhere ``(stacked, identity)``).
+
+    XLA's CPU compiler has no bf16 matrix product, so it computes a bf16 layer's products
+    in float32; lacking bf16 slicing as well, it converts the scan's whole ``[L, ...]``
+    operand to float32 before slicing and hoists that out of the loop, and a float32 copy
+    of the whole base stays alive through the step (8B, LoRA rank 16, one device: a
+    46.6 GiB peak, ``benchmarks/memory.py``). Sliced as integers, only the current
+    layer's weights are converted (33.4 GiB; what remains is the one integer copy).
+    GPU compilers slice bf16 natively, so other backends are left alone. The base of a
+    model with adapters is never trained (``models.lora``), so it carries no gradient.
+    """
+    if jax.default_backend() != "cpu" or not any(
+            isinstance(v, nnx.LoRAParam)
+            for v in jax.tree.leaves(stacked, is_leaf=lambda x: isinstance(x, nnx.Variable))):
+        return stacked, _identity
+    dtypes = {}
+
+    def to_bits(path, v):
+        if isinstance(v, nnx.LoRAParam) or not jnp.issubdtype(v.dtype, jnp.floating) \
+                or v.dtype.itemsize != 2:
+            return v
+        dtypes[path] = v.dtype
+        return v.replace(jax.lax.bitcast_convert_type(jax.lax.stop_gradient(v[...]), jnp.uint16))
+
+    def from_bits(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, v: v.replace(jax.lax.bitcast_convert_type(v[...], dtypes[path]))
+            if path in dtypes else v, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+    bits = jax.tree_util.tree_map_with_path(to_bits, stacked,
+                                            is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return bits, from_bits
+
+
 def init_layers(config: LlamaConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     """``config.num_layers`` new blocks: one stacked block (``scan_layers``) or an
     ``nnx.List`` of them."""
@@ -69,8 +110,16 @@ def run_layers(layers: nnx.Module, config: LlamaConfig, x, positions, key_mask, 
     index = None if cache is None else cache.index
     policy = REMAT_POLICIES[c.remat] if cache is None else None
 
+    if c.scan_layers:
+        graphdef, stacked = nnx.split(layers)
+        stacked, restore = _frozen_base_as_bits(stacked)
+    else:
+        restore = _identity
+
     def apply(graphdef, params, x, kv):
-        return nnx.merge(graphdef, params)(x, positions, key_mask, inv_freq, kv, index, order)
+        # Inside the remat boundary, so the backward pass re-slices the integer weights.
+        return nnx.merge(graphdef, restore(params))(x, positions, key_mask, inv_freq, kv,
+                                                    index, order)
 
     if policy is not None:
         # prevent_cse guards unrolled copies against CSE; a scan body needs no guard.
@@ -91,7 +140,6 @@ def run_layers(layers: nnx.Module, config: LlamaConfig, x, positions, key_mask, 
     # copies of the cache: 1.8 s a token at SmolLM2-135M, batch 16).
     carry = (x, None if hidden_layer is None else jnp.zeros_like(x))
     if c.scan_layers:
-        graphdef, stacked = nnx.split(layers)
         xs = (stacked, jnp.arange(c.num_layers),
               None if cache is None else (cache.keys, cache.values))
         carry, new_kv = jax.lax.scan(lambda cr, xs: layer(cr, graphdef, *xs), carry, xs)
