@@ -32,7 +32,9 @@ fusion differ from the GPU compiler's, so they estimate the GPU figure; they do 
 measure it. For bf16 they are an upper bound: the CPU backend has no bf16 matmul, so it
 converts every bf16 dot's operands to float32 and, on one device, keeps float32 copies
 of the bf16 weights alive from the forward to the backward pass (about 4 bytes per
-parameter, 30 GiB at 8B; seen in the live-range dump at the peak). The script also
+parameter, 30 GiB at 8B; seen in the live-range dump at the peak). With ``--lora-rank``
+the frozen base is sliced as integers on the CPU (``models.layer_stack``), which avoids
+that float32 copy but costs one 16-bit integer copy of the base. The script also
 prints the exact lower bound ``state + one gradient`` (from the shapes alone: weights,
 optimiser moments and one gradient copy, all alive at the update because global-norm
 clipping needs every gradient first); the GPU peak is that plus activations. The layers

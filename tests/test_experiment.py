@@ -177,6 +177,27 @@ def test_smollm2_synthetic_lists_the_six_methods_of_its_table():
     configs = meta["method_configs"]
     assert [c.method["name"] for c in configs] == ["grad_ascent", "npo", "rkld", "newton",
                                                    "relearn", "sga"]
-    assert cfg.train.epochs == 2 and configs[0].train.epochs == 5
+    assert cfg.train.epochs == 4 and configs[0].train.epochs == 5
     assert all(c.model == cfg.model and c.data == cfg.data for c in configs)
-    assert cfg.model.path == "smollm2-135m" and not cfg.eval.metrics  # every group: LS too
+    assert cfg.model.path == "smollm2-135m"
+    assert cfg.eval.metrics == ("tofu", "mia", "knowledge")  # knowledge: the Linguistic Score
+
+
+@pytest.mark.slow
+def test_smollm2_synthetic_runs_every_stage_and_method_at_toy_sizes(tmp_path, capsys):
+    """The README's real-model command, ``jaxunlearn run experiments/smollm2_synthetic.yaml``,
+    as written but on the tiny preset, one update a stage and two records a split: every
+    stage and all six methods run and the table's columns are filled (the real model's
+    smoke run is ``test_smollm2_synthetic_npo_smoke``)."""
+    overrides = ["model=tiny", "steps=1", f"data.benchmark={tmp_path / 'bench'}",
+                 f"output_dir={tmp_path / 'run'}", "eval.max_records=2",
+                 "eval.max_new_tokens=4", "eval.batch_size=8", "data.max_len=96",
+                 "data.truncate=true"]
+    assert run_experiment(ROOT / "experiments" / "smollm2_synthetic.yaml", overrides) == 0
+    evaluation = json.loads((tmp_path / "run" / "eval.json").read_text())
+    methods = ["grad_ascent", "npo", "rkld", "newton", "relearn", "sga"]
+    assert list(evaluation["models"]) == ["retain", "target", *methods]
+    for name in methods:
+        entry = evaluation["models"][name]
+        assert entry["forget_quality"] is not None and entry["model_utility"] is not None
+        assert entry["ls"] is not None

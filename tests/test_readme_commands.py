@@ -39,6 +39,8 @@ COVERED = {
     "jaxunlearn --version": CHAIN,
     "jaxunlearn run experiments/smollm2_synthetic_npo.yaml":
         "tests/test_experiment.py::test_smollm2_synthetic_npo_smoke",
+    "jaxunlearn run experiments/smollm2_synthetic.yaml":
+        "tests/test_experiment.py::test_smollm2_synthetic_runs_every_stage_and_method_at_toy_sizes",
     **{f".venv/bin/python benchmarks/{name}.py{args}":
        "tests/test_benchmarks.py::test_benchmark_runs_and_prints_its_headline_last"
        for name, args in (("step_vs_torch", ""), ("gemm_floor", ""), ("hvp_vs_grad", ""),
