@@ -54,7 +54,7 @@ def _frozen_base_as_bits(stacked: nnx.State):
     operand to float32 before slicing and hoists that out of the loop, and a float32 copy
     of the whole base stays alive through the step (8B, LoRA rank 16, one device: a
     46.6 GiB peak, ``benchmarks/memory.py``). Sliced as integers, only the current
-    layer's weights are converted (33.4 GiB; what remains is the one integer copy).
+    layer's weights are converted (34.1 GiB; what remains is the one integer copy).
     GPU compilers slice bf16 natively, so other backends are left alone. The base of a
     model with adapters is never trained (``models.lora``), so it carries no gradient.
     """
