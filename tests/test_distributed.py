@@ -158,13 +158,16 @@ def test_two_processes_unlearn_as_one_and_resume_across_layouts(world, tmp_path,
     assert set(got) == set(want)
     for name, w in want.items():
         scale = float(np.abs(w).max())
+        moved = float(np.abs(w - start[name]).max())
         # Same partitioned programs; only the collectives' summation order differs, and
-        # Adam's normalised step turns that rounding into differences of about 1e-4 of
-        # the distance moved (measured: learning rate 1e-2 gave 5e-5 of the scale).
+        # Adam's normalised step turns that rounding into differences bounded by the
+        # distance moved, not by the weights' scale: up to 1.6e-3 of it on an AMD EPYC
+        # (2.4e-5 of the scale), where an Intel Xeon stayed under 1e-5 of the scale. A
+        # lost or repeated update would differ by a quarter of it (4 updates).
         diff = float(np.abs(got[name] - w).max())
-        assert diff <= 1e-5 * scale, f"{name}: {diff:.3g} vs scale {scale:.3g}"
-        # ... and the run moved every tensor far beyond that bound.
-        assert float(np.abs(w - start[name]).max()) > 5e-4 * scale, name
+        assert diff <= 1e-2 * moved, f"{name}: {diff:.3g} vs distance moved {moved:.3g}"
+        # ... and the run moved every tensor well away from its start.
+        assert moved > 5e-4 * scale, name
 
 
 def test_a_failing_process_ends_the_job_with_its_message(world, tmp_path):
