@@ -184,7 +184,7 @@ def test_smollm2_synthetic_lists_the_six_methods_of_its_table():
 
 
 @pytest.mark.slow
-def test_smollm2_synthetic_runs_every_stage_and_method_at_toy_sizes(tmp_path, capsys):
+def test_smollm2_synthetic_runs_every_stage_and_method_at_toy_sizes(tmp_path):
     """The README's real-model command, ``jaxunlearn run experiments/smollm2_synthetic.yaml``,
     as written but on the tiny preset, one update a stage and two records a split: every
     stage and all six methods run and the table's columns are filled (the real model's

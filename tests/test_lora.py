@@ -301,7 +301,8 @@ def test_relearn_and_rkld_train_adapters_only(toy_target, method):
 
 def _bf16_base_loss(scan_layers=True):
     """A LoRA model over a bfloat16 base (3 layers, F 40: shapes no other array has) and
-    the NLL of the adapters, as ``train.step`` differentiates it."""
+    the value and gradient, in the adapters alone, of a scalar of its logits (minus the
+    mean top log-probability), the base a separate frozen input as in ``train.step``."""
     config = LlamaConfig(**dict(CFG, num_layers=3, intermediate_size=40), scan_layers=scan_layers,
                          param_dtype="bfloat16", dtype="bfloat16", remat="full")
     model = _random_adapters(lora_lib.add_adapters(Llama(config, rngs=nnx.Rngs(0)),

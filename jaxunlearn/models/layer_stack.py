@@ -44,6 +44,10 @@ def _identity(params):
     return params
 
 
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
 def _frozen_base_as_bits(stacked: nnx.State):
     """On the CPU, with LoRA adapters: the stacked frozen base's 16-bit float weights as
     same-width unsigned integers for the scan, and the function that turns a layer's
@@ -60,7 +64,7 @@ def _frozen_base_as_bits(stacked: nnx.State):
     """
     if jax.default_backend() != "cpu" or not any(
             isinstance(v, nnx.LoRAParam)
-            for v in jax.tree.leaves(stacked, is_leaf=lambda x: isinstance(x, nnx.Variable))):
+            for v in jax.tree.leaves(stacked, is_leaf=_is_variable)):
         return stacked, _identity
     dtypes = {}
 
@@ -74,10 +78,9 @@ def _frozen_base_as_bits(stacked: nnx.State):
     def from_bits(params):
         return jax.tree_util.tree_map_with_path(
             lambda path, v: v.replace(jax.lax.bitcast_convert_type(v[...], dtypes[path]))
-            if path in dtypes else v, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+            if path in dtypes else v, params, is_leaf=_is_variable)
 
-    bits = jax.tree_util.tree_map_with_path(to_bits, stacked,
-                                            is_leaf=lambda x: isinstance(x, nnx.Variable))
+    bits = jax.tree_util.tree_map_with_path(to_bits, stacked, is_leaf=_is_variable)
     return bits, from_bits
 
 
